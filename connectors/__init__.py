@@ -1,0 +1,1 @@
+"""Sources and sinks for evtime: kafka (aiokafka), elasticsearch (bulk HTTP), local."""
