@@ -1,0 +1,61 @@
+"""evtime: event-time stream processing for Python on Kafka.
+
+Watermarks, windows that close on event time, keyed state in RocksDB that is
+snapshotted together with the input offsets.
+"""
+
+from __future__ import annotations
+
+from evtime.aggregates import Collect, Count, Custom, First, Last, Max, Mean, Min, Multi, Sum
+from evtime.app import App, ProcessFunction, SourceRef
+from evtime.errors import ConfigError, EvtimeError, SerdeError, StateError, TimestampError
+from evtime.operators.process import ProcessContext, Timer, TimeDomain
+from evtime.records import (
+    DeadLetter,
+    DeadLetterReason,
+    EmitKind,
+    ErrorPolicy,
+    Output,
+    Record,
+    WindowResult,
+)
+from evtime.time import ManualClock, SystemClock
+from evtime.windows import Session, Sliding, Tumbling
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Collect",
+    "ConfigError",
+    "Count",
+    "Custom",
+    "DeadLetter",
+    "DeadLetterReason",
+    "EmitKind",
+    "ErrorPolicy",
+    "EvtimeError",
+    "First",
+    "Last",
+    "ManualClock",
+    "Max",
+    "Mean",
+    "Min",
+    "Multi",
+    "Output",
+    "ProcessContext",
+    "ProcessFunction",
+    "Record",
+    "SerdeError",
+    "Session",
+    "Sliding",
+    "SourceRef",
+    "StateError",
+    "SystemClock",
+    "TimeDomain",
+    "TimestampError",
+    "Timer",
+    "Tumbling",
+    "WindowResult",
+    "__version__",
+]

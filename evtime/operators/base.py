@@ -1,0 +1,76 @@
+"""What every operator sees: a batch of records, its state, timers, and a collector.
+
+Operators never see Kafka or RocksDB types; they are driven synchronously, a
+batch at a time, by their partition task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from evtime.errors import DeadLetterPolicyError
+from evtime.records import Batch, DeadLetter, DeadLetterReason, ErrorPolicy, Output
+
+
+class Collector:
+    """Gathers what operators emit during one batch: outputs per output name, dead letters."""
+
+    def __init__(self, policy: ErrorPolicy = ErrorPolicy.DEAD_LETTER) -> None:
+        self.policy = policy
+        self.outputs: dict[str, list[Output]] = {}
+        self.dead: list[DeadLetter] = []
+        self.late: dict[str, list[Output]] = {}
+        self.dead_count = 0
+        self.late_count = 0
+
+    def emit(self, output_name: str, output: Output) -> None:
+        """Queue ``output`` for the sink named ``output_name``."""
+        bucket = self.outputs.get(output_name)
+        if bucket is None:
+            bucket = self.outputs[output_name] = []
+        bucket.append(output)
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        """Queue a bad record for the dead-letter output, or stop under fail-fast."""
+        self.dead_count += 1
+        if self.policy is ErrorPolicy.FAIL_FAST and letter.reason is not DeadLetterReason.LATE:
+            raise DeadLetterPolicyError(
+                f"bad record at {letter.topic}[{letter.partition}]@{letter.offset} "
+                f"({letter.reason.value}): {letter.error}. The error policy is fail_fast; use "
+                "ErrorPolicy.DEAD_LETTER to route bad records to the dead-letter output instead"
+            )
+        self.dead.append(letter)
+
+    def take(self) -> tuple[dict[str, list[Output]], list[DeadLetter]]:
+        """Hand over (and forget) everything gathered so far."""
+        outputs, dead = self.outputs, self.dead
+        self.outputs, self.dead = {}, []
+        return outputs, dead
+
+
+class Operator(Protocol):
+    """A stateful step of a dataflow, instantiated once per partition task."""
+
+    name: str
+
+    def process(self, batch: Batch) -> None:
+        """Handle every record of ``batch``, in order, firing timers as watermarks pass."""
+
+    def on_watermark(self, watermark: int) -> None:
+        """The task watermark moved to ``watermark`` without a record (idleness, end of input)."""
+
+    def on_processing_time(self, now_ms: int) -> None:
+        """The wall clock reached ``now_ms``: fire due processing-time timers."""
+
+    def next_processing_time(self) -> int | None:
+        """When :meth:`on_processing_time` next has work, or None."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line description of a user-code exception for a dead letter."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+OutputFn = Callable[[Any], Any]

@@ -1,0 +1,376 @@
+"""The keyed process function: user code with per-key state and timers.
+
+For every record, ``fn(record, ctx)`` runs with ``ctx`` bound to the
+record's key: ``ctx.state`` gives value and map state (optionally with a
+time-to-live), ``ctx.timers`` registers event-time and processing-time
+timers, and ``ctx.emit`` sends results to one of the operator's outputs.
+Timers fire in time order, exactly once, through ``on_timer(timer, ctx)``;
+state and timers are part of the task's snapshot.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from evtime.errors import ConfigError
+from evtime.operators.base import Collector, describe_error
+from evtime.records import Batch, DeadLetter, DeadLetterReason, KeyObj, Output, Record
+from evtime.state import KeyValueStore, TaskDB, TimerQueue
+from evtime.state.codec import decode_key, encode_key
+from evtime.time import MAX_TIMESTAMP, MIN_TIMESTAMP, Clock
+
+NO_TIMER = MAX_TIMESTAMP + 1
+
+
+class TimeDomain(enum.Enum):
+    """Which clock a timer follows."""
+
+    EVENT_TIME = "event_time"
+    PROCESSING_TIME = "processing_time"
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """A timer that fired: its time, the key it belongs to, and its clock."""
+
+    timestamp: int
+    key: KeyObj
+    domain: TimeDomain
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """A declared keyed process function (built by ``App.process``)."""
+
+    name: str
+    source: str
+    fn: Callable[[Record, ProcessContext], Any]
+    on_timer: Callable[[Timer, ProcessContext], Any] | None = None
+    outputs: tuple[tuple[str, str], ...] = (("main", "main"),)
+    """(name used in ``ctx.emit(to=...)``, output id the task routes to a sink) pairs."""
+
+
+# State keys: (state name, record key, map key or None) -> encoded with length prefixes
+# so that a map's entries of one key are one contiguous, prefix-scannable range.
+_StateKey = tuple[str, KeyObj, KeyObj]
+
+
+def _state_prefix(name: str, key: KeyObj) -> bytes:
+    n = name.encode()
+    k = encode_key(key)
+    return bytes((len(n),)) + n + len(k).to_bytes(4, "big") + k
+
+
+def _encode_state_key(sk: _StateKey) -> bytes:
+    name, key, sub = sk
+    return _state_prefix(name, key) + (b"" if sub is None else encode_key(sub))
+
+
+def _decode_state_key(raw: bytes) -> _StateKey:
+    n = raw[0]
+    name = raw[1 : 1 + n].decode()
+    pos = 1 + n
+    klen = int.from_bytes(raw[pos : pos + 4], "big")
+    key = decode_key(raw[pos + 4 : pos + 4 + klen])
+    rest = raw[pos + 4 + klen :]
+    return name, key, decode_key(rest) if rest else None
+
+
+class ValueState:
+    """One value per key (``get`` / ``set`` / ``clear``), optionally expiring after ``ttl``."""
+
+    def __init__(self, ctx: ProcessContext, name: str, ttl: int | None) -> None:
+        self._ctx = ctx
+        self._name = name
+        self._ttl = ttl
+
+    def get(self, default: Any = None) -> Any:
+        """The key's value, or ``default`` (also once it expired)."""
+        return self._ctx._op._read((self._name, self._ctx.key, None), default)
+
+    def set(self, value: Any) -> None:
+        """Store ``value`` for the current key (JSON-like values only)."""
+        self._ctx._op._write((self._name, self._ctx.key, None), value, self._ttl)
+
+    def clear(self) -> None:
+        """Remove the key's value."""
+        self._ctx._op._store.delete((self._name, self._ctx.key, None))
+
+
+class MapState:
+    """A map per key, optionally with a time-to-live per entry."""
+
+    def __init__(self, ctx: ProcessContext, name: str, ttl: int | None) -> None:
+        self._ctx = ctx
+        self._name = name
+        self._ttl = ttl
+
+    def get(self, field: KeyObj, default: Any = None) -> Any:
+        return self._ctx._op._read((self._name, self._ctx.key, field), default)
+
+    def put(self, field: KeyObj, value: Any) -> None:
+        if field is None:
+            raise ConfigError("MapState keys cannot be None; use a str, bytes or int")
+        self._ctx._op._write((self._name, self._ctx.key, field), value, self._ttl)
+
+    def delete(self, field: KeyObj) -> None:
+        self._ctx._op._store.delete((self._name, self._ctx.key, field))
+
+    def __contains__(self, field: KeyObj) -> bool:
+        return self.get(field, _MISSING) is not _MISSING
+
+    def items(self) -> Iterator[tuple[KeyObj, Any]]:
+        """The key's live entries, in key order."""
+        op = self._ctx._op
+        now = op._clock.now_ms()
+        prefix = _state_prefix(self._name, self._ctx.key)
+        for (_n, _k, field), stored in op._store.scan_prefix(prefix):
+            if field is None:
+                continue
+            value, expires = stored
+            if expires is None or expires > now:
+                yield field, value
+
+    def keys(self) -> Iterator[KeyObj]:
+        return (k for k, _ in self.items())
+
+    def clear(self) -> None:
+        for field in list(self.keys()):
+            self.delete(field)
+
+
+_MISSING: Any = object()
+
+
+class TimerService:
+    """Registers and deletes the current key's timers."""
+
+    def __init__(self, ctx: ProcessContext) -> None:
+        self._ctx = ctx
+
+    def register_event_time(self, timestamp: int) -> None:
+        """Fire ``on_timer`` once the watermark reaches ``timestamp``."""
+        self._ctx._op._register_event(timestamp, self._ctx.key)
+
+    def register_processing_time(self, timestamp: int) -> None:
+        """Fire ``on_timer`` once the wall clock reaches ``timestamp``."""
+        self._ctx._op._ptimers.register(timestamp, b"u" + encode_key(self._ctx.key))
+
+    def delete_event_time(self, timestamp: int) -> None:
+        self._ctx._op._etimers.delete(timestamp, encode_key(self._ctx.key))
+        self._ctx._op._refresh_next_event()
+
+    def delete_processing_time(self, timestamp: int) -> None:
+        self._ctx._op._ptimers.delete(timestamp, b"u" + encode_key(self._ctx.key))
+
+
+class ProcessContext:
+    """What user code gets with each record or timer: key, time, state, timers, emit."""
+
+    def __init__(self, op: ProcessOperator) -> None:
+        self._op = op
+        self.key: KeyObj = None
+        self.timestamp: int = MIN_TIMESTAMP
+        self.timers = TimerService(self)
+        self._values: dict[str, ValueState] = {}
+        self._maps: dict[str, MapState] = {}
+
+    @property
+    def watermark(self) -> int:
+        """The task's current event-time watermark."""
+        return self._op._wm
+
+    def processing_time(self) -> int:
+        """The wall clock (the app's clock), in ms."""
+        return self._op._clock.now_ms()
+
+    def value_state(self, name: str, ttl: int | None = None) -> ValueState:
+        """The value state ``name`` of the current key."""
+        state = self._values.get(name)
+        if state is None:
+            state = self._values[name] = ValueState(self, name, ttl)
+        return state
+
+    def map_state(self, name: str, ttl: int | None = None) -> MapState:
+        """The map state ``name`` of the current key."""
+        state = self._maps.get(name)
+        if state is None:
+            state = self._maps[name] = MapState(self, name, ttl)
+        return state
+
+    def emit(
+        self,
+        value: Any,
+        *,
+        key: KeyObj | type[_MISSING] = _MISSING,
+        timestamp: int | None = None,
+        to: str = "main",
+        id: str | None = None,
+    ) -> None:
+        """Send ``value`` to output ``to`` (key and event time default to the current ones)."""
+        target = self._op._outputs.get(to)
+        if target is None:
+            raise ConfigError(
+                f"{self._op.name!r} emitted to output {to!r}, but it declares only "
+                f"{sorted(self._op._outputs)}; add it to the sink= mapping"
+            )
+        out_key = self.key if key is _MISSING else key
+        self._op._collector.emit(
+            target,
+            Output(
+                out_key,  # type: ignore[arg-type]
+                value,
+                self.timestamp if timestamp is None else timestamp,
+                id,
+            ),
+        )
+
+
+class ProcessOperator:
+    """Runs a :class:`ProcessSpec` in one partition task."""
+
+    def __init__(self, spec: ProcessSpec, db: TaskDB, collector: Collector, clock: Clock):
+        self.spec = spec
+        self.name = spec.name
+        self._collector = collector
+        self._clock = clock
+        self._store: KeyValueStore[Any] = db.store(
+            f"{spec.name}.state", _encode_state_key, _decode_state_key
+        )
+        self._etimers = TimerQueue(db, f"{spec.name}.etimers")
+        self._ptimers = TimerQueue(db, f"{spec.name}.ptimers")
+        self._outputs = dict(spec.outputs)
+        self._ctx = ProcessContext(self)
+        self._wm = MIN_TIMESTAMP
+        self._next_event = NO_TIMER
+        self._refresh_next_event()
+
+    # -- state with TTL -------------------------------------------------------
+    def _read(self, sk: _StateKey, default: Any) -> Any:
+        stored = self._store.get(sk)
+        if stored is None:
+            return default
+        value, expires = stored
+        if expires is not None and expires <= self._clock.now_ms():
+            self._store.delete(sk)
+            return default
+        return value
+
+    def _write(self, sk: _StateKey, value: Any, ttl: int | None) -> None:
+        expires = None
+        if ttl is not None:
+            expires = self._clock.now_ms() + ttl
+            # One cleanup timer per entry, so expired state goes even if never read again.
+            self._ptimers.register(expires, b"t" + _encode_state_key(sk))
+        self._store.put(sk, [value, expires])
+
+    def _register_event(self, timestamp: int, key: KeyObj) -> None:
+        self._etimers.register(timestamp, encode_key(key))
+        if timestamp < self._next_event:
+            self._next_event = timestamp
+
+    def _refresh_next_event(self) -> None:
+        nxt = self._etimers.next_time()
+        self._next_event = NO_TIMER if nxt is None else nxt
+
+    # -- driving ------------------------------------------------------------------
+    def process(self, batch: Batch) -> None:
+        ctx = self._ctx
+        fn = self.spec.fn
+        wms = batch.watermarks
+        self._wm = max(self._wm, batch.watermark_before)
+        for i in range(len(wms)):
+            record = batch.record(i)
+            ctx.key = record.key
+            ctx.timestamp = record.timestamp
+            try:
+                fn(record, ctx)
+            except Exception as exc:
+                self._collector.dead_letter(
+                    DeadLetter(
+                        DeadLetterReason.USER_CODE,
+                        f"{self.name!r} raised {describe_error(exc)}",
+                        batch.topic,
+                        batch.partition,
+                        record.offset,
+                        record.key,
+                        batch.raw[i].value if batch.raw else record.value,
+                        record.timestamp,
+                        self.name,
+                    )
+                )
+            wm = wms[i]
+            if wm > self._wm:
+                self._wm = wm
+                if wm >= self._next_event:
+                    self._fire_event_timers(wm)
+
+    def on_watermark(self, watermark: int) -> None:
+        if watermark > self._wm:
+            self._wm = watermark
+        if self._wm >= self._next_event:
+            self._fire_event_timers(self._wm)
+
+    def _fire_event_timers(self, watermark: int) -> None:
+        # A timer callback may register timers that are already due: loop until none are.
+        while True:
+            due = self._etimers.pop_due(watermark)
+            if not due:
+                break
+            for ts, payload in due:
+                self._call_timer(Timer(ts, decode_key(payload), TimeDomain.EVENT_TIME))
+        self._refresh_next_event()
+
+    def on_processing_time(self, now_ms: int) -> None:
+        while True:
+            due = self._ptimers.pop_due(now_ms)
+            if not due:
+                return
+            for ts, payload in due:
+                if payload[:1] == b"t":
+                    sk = _decode_state_key(payload[1:])
+                    stored = self._store.get(sk)
+                    if stored is not None and stored[1] is not None and stored[1] <= now_ms:
+                        self._store.delete(sk)
+                else:
+                    self._call_timer(
+                        Timer(ts, decode_key(payload[1:]), TimeDomain.PROCESSING_TIME)
+                    )
+
+    def next_processing_time(self) -> int | None:
+        return self._ptimers.next_time()
+
+    def _call_timer(self, timer: Timer) -> None:
+        handler = self.spec.on_timer
+        if handler is None:
+            return
+        ctx = self._ctx
+        ctx.key = timer.key
+        ctx.timestamp = timer.timestamp
+        try:
+            handler(timer, ctx)
+        except Exception as exc:
+            self._collector.dead_letter(
+                DeadLetter(
+                    DeadLetterReason.USER_CODE,
+                    f"on_timer of {self.name!r} raised {describe_error(exc)}",
+                    self.spec.source,
+                    -1,
+                    -1,
+                    timer.key,
+                    None,
+                    timer.timestamp,
+                    self.name,
+                )
+            )
+
+    @property
+    def watermark(self) -> int:
+        return self._wm
+
+    def live_state(self) -> int:
+        """Entries of state (walks RocksDB: for tests and metrics)."""
+        return sum(1 for _ in self._store.items())

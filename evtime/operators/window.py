@@ -1,0 +1,478 @@
+"""Window aggregation on event time: tumbling, sliding and session windows.
+
+A window [start, end) fires when the watermark reaches ``end - 1``. With
+``allowed_lateness`` its state is kept until the watermark reaches
+``end - 1 + allowed_lateness``; a record arriving in between updates the
+window and re-fires it at once (an UPDATE of the same window id). A record
+whose every window has been cleaned up is late: it goes to the late output
+(or the dead-letter output) and is counted, never silently dropped.
+
+Only accumulators are stored. The watermark advances after every record
+(``Batch.watermarks``), so results do not depend on how input is batched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from evtime.aggregates import Aggregate
+from evtime.errors import ConfigError
+from evtime.operators.base import Collector, describe_error
+from evtime.records import (
+    Batch,
+    DeadLetter,
+    DeadLetterReason,
+    EmitKind,
+    KeyObj,
+    Output,
+    WindowResult,
+    window_id,
+)
+from evtime.state import TaskDB, TimerQueue
+from evtime.state.codec import decode_int, decode_key, encode_int, encode_key
+from evtime.time import MAX_TIMESTAMP, MIN_TIMESTAMP, Clock
+from evtime.windows import Session, Sliding, Tumbling, WindowAssigner
+
+NO_TIMER = MAX_TIMESTAMP + 1
+_FIRE = 0
+_CLEANUP = 1
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """A declared window aggregation (built by ``App.window``)."""
+
+    name: str
+    source: str
+    assigner: WindowAssigner
+    aggregate: Aggregate[Any, Any]
+    allowed_lateness: int = 0
+    early_every: int | None = None
+    early_interval: int | None = None
+    result_fn: Callable[[WindowResult], Any] | None = None
+    output: str = "main"
+    late_output: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.allowed_lateness < 0:
+            raise ConfigError(f"window {self.name!r}: allowed_lateness must be >= 0")
+        if self.early_every is not None and self.early_every < 1:
+            raise ConfigError(f"window {self.name!r}: early_every must be a positive count")
+        if self.early_interval is not None and self.early_interval < 1:
+            raise ConfigError(f"window {self.name!r}: early_interval must be a positive duration")
+        if isinstance(self.assigner, Session) and (self.early_every or self.early_interval):
+            raise ConfigError(
+                f"window {self.name!r}: early firing is supported on tumbling and sliding "
+                "windows; session windows fire when the session closes"
+            )
+
+
+class _WindowBase:
+    """What tumbling/sliding and session operators share: emission, late records, timers."""
+
+    def __init__(self, spec: WindowSpec, db: TaskDB, collector: Collector, clock: Clock):
+        self.spec = spec
+        self.name = spec.name
+        self._collector = collector
+        self._clock = clock
+        self._agg = spec.aggregate
+        self._lateness = spec.allowed_lateness
+        self._timers = TimerQueue(db, f"{spec.name}.timers")
+        next_time = self._timers.next_time()
+        self._next_timer = NO_TIMER if next_time is None else next_time
+        self._wm = MIN_TIMESTAMP
+        self.late_count = 0
+        self.emitted_count = 0
+
+    # -- emission -----------------------------------------------------------
+    def _emit(self, result: WindowResult) -> None:
+        self.emitted_count += 1
+        fn = self.spec.result_fn
+        if fn is None:
+            value: Any = result.to_dict()
+        else:
+            try:
+                value = fn(result)
+            except Exception as exc:
+                self._collector.dead_letter(
+                    DeadLetter(
+                        DeadLetterReason.USER_CODE,
+                        f"result function of {self.name!r} raised {describe_error(exc)}",
+                        self.spec.source,
+                        -1,
+                        -1,
+                        result.key,
+                        result.to_dict(),
+                        result.end - 1,
+                        self.name,
+                    )
+                )
+                return
+            if value is None:
+                return
+        self._collector.emit(
+            self.spec.output,
+            Output(result.key, value, result.end - 1, window_id(result.key, result.start, result.end)),
+        )
+
+    def _late_record(self, batch: Batch, i: int, watermark: int) -> None:
+        self.late_count += 1
+        self._collector.late_count += 1
+        key, value, ts = batch.keys[i], batch.values[i], batch.timestamps[i]
+        if self.spec.late_output is not None:
+            self._collector.emit(self.spec.late_output, Output(key, value, ts, None))
+            return
+        self._collector.dead_letter(
+            DeadLetter(
+                DeadLetterReason.LATE,
+                f"event time {ts} is behind the watermark {watermark} by more than the "
+                f"allowed lateness ({self._lateness} ms) of {self.name!r}",
+                batch.topic,
+                batch.partition,
+                batch.offsets[i],
+                key,
+                batch.raw[i].value if batch.raw else value,
+                ts,
+                self.name,
+            )
+        )
+
+    def _bad_record(self, batch: Batch, i: int, exc: Exception) -> None:
+        self._collector.dead_letter(
+            DeadLetter(
+                DeadLetterReason.USER_CODE,
+                f"aggregate {self._agg.name!r} of {self.name!r} raised {describe_error(exc)}",
+                batch.topic,
+                batch.partition,
+                batch.offsets[i],
+                batch.keys[i],
+                batch.raw[i].value if batch.raw else batch.values[i],
+                batch.timestamps[i],
+                self.name,
+            )
+        )
+
+    def _register(self, ts: int, payload: bytes) -> None:
+        self._timers.register(ts, payload)
+        if ts < self._next_timer:
+            self._next_timer = ts
+
+    def _refresh_next_timer(self) -> None:
+        next_time = self._timers.next_time()
+        self._next_timer = NO_TIMER if next_time is None else next_time
+
+    # -- driving ------------------------------------------------------------
+    def on_watermark(self, watermark: int) -> None:
+        if watermark > self._wm:
+            self._wm = watermark
+        if self._wm >= self._next_timer:
+            self._fire_due(self._wm)
+
+    def _fire_due(self, watermark: int) -> None:
+        raise NotImplementedError  # pragma: no cover - both subclasses define it
+
+    def on_processing_time(self, now_ms: int) -> None:
+        return None
+
+    def next_processing_time(self) -> int | None:
+        return None
+
+    @property
+    def watermark(self) -> int:
+        return self._wm
+
+    @property
+    def timers(self) -> TimerQueue:
+        return self._timers
+
+
+def _encode_slot(key: tuple[KeyObj, int]) -> bytes:
+    return encode_key(key[0]) + encode_int(key[1])
+
+
+def _decode_slot(raw: bytes) -> tuple[KeyObj, int]:
+    return decode_key(raw[:-8]), decode_int(raw[-8:])
+
+
+class FixedWindowOperator(_WindowBase):
+    """Tumbling and sliding windows: every window of a key has its own accumulator.
+
+    State: ``(key, start) -> [acc, emissions, records_since_early]``.
+    Timers: fire at ``end - 1``; cleanup at ``end - 1 + allowed_lateness``.
+    """
+
+    def __init__(self, spec: WindowSpec, db: TaskDB, collector: Collector, clock: Clock):
+        super().__init__(spec, db, collector, clock)
+        assigner = spec.assigner
+        if not isinstance(assigner, Tumbling | Sliding):
+            raise ConfigError(f"window {spec.name!r}: expected a tumbling or sliding assigner")
+        self._size: int = assigner.size
+        self._tumbling_offset: int | None = (
+            assigner.offset if isinstance(assigner, Tumbling) else None
+        )
+        self._assigner = assigner
+        self._store = db.store(f"{spec.name}.windows", _encode_slot, _decode_slot)
+        self._touched: set[tuple[KeyObj, int]] = set()
+        self._next_early: int | None = None
+        if spec.early_interval is not None:
+            self._next_early = clock.now_ms() + spec.early_interval
+
+    def process(self, batch: Batch) -> None:
+        keys, values, tss, wms = batch.keys, batch.values, batch.timestamps, batch.watermarks
+        wm = max(batch.watermark_before, self._wm)
+        size = self._size
+        lateness = self._lateness
+        offset = self._tumbling_offset
+        assign = self._assigner.assign
+        get = self._store.get
+        put = self._store.put
+        init = self._agg.init
+        add = self._agg.add
+        early_every = self.spec.early_every
+        track_touched = self.spec.early_interval is not None
+        touched = self._touched
+        for i in range(len(tss)):
+            ts = tss[i]
+            key = keys[i]
+            if offset is not None:
+                starts: Any = (ts - (ts - offset) % size,)
+            else:
+                starts = [w.start for w in assign(ts)]
+            accepted = False
+            for start in starts:
+                fire_at = start + size - 1
+                if fire_at + lateness <= wm:
+                    continue  # this window is gone
+                slot = (key, start)
+                state = get(slot)
+                try:
+                    if state is None:
+                        state = [add(init(), values[i], ts), 0, 0]
+                        if fire_at > wm:
+                            self._register(fire_at, _payload(_FIRE, start, key))
+                        if lateness:
+                            self._register(fire_at + lateness, _payload(_CLEANUP, start, key))
+                    else:
+                        state[0] = add(state[0], values[i], ts)
+                except Exception as exc:
+                    self._bad_record(batch, i, exc)
+                    accepted = True
+                    break
+                put(slot, state)
+                accepted = True
+                if fire_at <= wm:
+                    self._fire_window(key, start, state)
+                elif early_every is not None:
+                    state[2] += 1
+                    if state[2] >= early_every:
+                        state[2] = 0
+                        self._emit_early(key, start, state)
+                if track_touched:
+                    touched.add(slot)
+            if not accepted and starts:
+                self._late_record(batch, i, wm)
+            wm = wms[i]
+            if wm >= self._next_timer:
+                self._wm = wm
+                self._fire_due(wm)
+        if wm > self._wm:
+            self._wm = wm
+
+    def _fire_window(self, key: KeyObj, start: int, state: list[Any]) -> None:
+        kind = EmitKind.FINAL if state[1] == 0 else EmitKind.UPDATE
+        state[1] += 1
+        self._emit(WindowResult(key, start, start + self._size, self._agg.result(state[0]), kind))
+
+    def _emit_early(self, key: KeyObj, start: int, state: list[Any]) -> None:
+        self._emit(
+            WindowResult(key, start, start + self._size, self._agg.result(state[0]), EmitKind.EARLY)
+        )
+
+    def _fire_due(self, watermark: int) -> None:
+        store = self._store
+        keep = self._lateness > 0
+        for _ts, payload in self._timers.pop_due(watermark):
+            kind = payload[0]
+            start = decode_int(payload[1:9])
+            key = decode_key(payload[9:])
+            slot = (key, start)
+            if kind == _FIRE:
+                state = store.get(slot)
+                if state is None:
+                    continue
+                self._fire_window(key, start, state)
+                if keep:
+                    store.put(slot, state)
+                else:
+                    store.delete(slot)
+            else:
+                store.delete(slot)
+            self._touched.discard(slot)
+        self._refresh_next_timer()
+
+    def on_processing_time(self, now_ms: int) -> None:
+        if self._next_early is None or now_ms < self._next_early:
+            return
+        interval = self.spec.early_interval or 1
+        self._next_early = now_ms + interval
+        touched, self._touched = self._touched, set()
+        for slot in sorted(touched, key=_slot_order):
+            state = self._store.get(slot)
+            if state is None:
+                continue
+            key, start = slot
+            if start + self._size - 1 > self._wm:
+                self._emit_early(key, start, state)
+
+    def next_processing_time(self) -> int | None:
+        return self._next_early
+
+    def live_windows(self) -> int:
+        """Windows with state (walks RocksDB: for tests and metrics, not the hot path)."""
+        return sum(1 for _ in self._store.items())
+
+
+def _slot_order(slot: tuple[KeyObj, int]) -> tuple[int, bytes]:
+    return slot[1], encode_key(slot[0])
+
+
+def _payload(kind: int, start: int, key: KeyObj) -> bytes:
+    return bytes((kind,)) + encode_int(start) + encode_key(key)
+
+
+class SessionWindowOperator(_WindowBase):
+    """Session windows: a record opens [ts, ts + gap) and merges every session it touches.
+
+    State: ``key -> [[start, end, acc, emissions, [replaced ids]], ...]``
+    (the key's live sessions, pairwise apart). Two windows merge when they
+    intersect or touch, as in Flink. A merged session that absorbed an
+    already emitted one is emitted as an UPDATE naming the ids it replaces.
+    """
+
+    def __init__(self, spec: WindowSpec, db: TaskDB, collector: Collector, clock: Clock):
+        super().__init__(spec, db, collector, clock)
+        if not isinstance(spec.assigner, Session):
+            raise ConfigError(f"window {spec.name!r}: expected a session assigner")
+        self._gap: int = spec.assigner.gap
+        self._store = db.store(f"{spec.name}.sessions")
+
+    def process(self, batch: Batch) -> None:
+        keys, values, tss, wms = batch.keys, batch.values, batch.timestamps, batch.watermarks
+        wm = max(batch.watermark_before, self._wm)
+        gap = self._gap
+        lateness = self._lateness
+        get = self._store.get
+        put = self._store.put
+        agg = self._agg
+        for i in range(len(tss)):
+            ts = tss[i]
+            key = keys[i]
+            start, end = ts, ts + gap
+            sessions: list[list[Any]] = get(key) or []
+            absorbed = [s for s in sessions if s[0] <= end and s[1] >= start]
+            if not absorbed and end - 1 + lateness <= wm:
+                self._late_record(batch, i, wm)
+            else:
+                try:
+                    acc = agg.add(agg.init(), values[i], ts)
+                    emissions = 0
+                    replaced: list[str] = []
+                    for s in absorbed:
+                        acc = agg.merge(s[2], acc)
+                        start = min(start, s[0])
+                        end = max(end, s[1])
+                        emissions += s[3]
+                        replaced.extend(s[4])
+                except Exception as exc:
+                    self._bad_record(batch, i, exc)
+                else:
+                    for s in absorbed:
+                        sessions.remove(s)
+                        self._drop_timers(key, s[0], s[1])
+                        if s[3] and (s[0], s[1]) != (start, end):
+                            replaced.append(window_id(key, s[0], s[1]))
+                    session = [start, end, acc, emissions, sorted(set(replaced))]
+                    sessions.append(session)
+                    sessions.sort(key=_session_start)
+                    put(key, sessions)
+                    if end - 1 <= wm:
+                        self._fire_session(key, session)
+                        if not lateness:
+                            self._remove(key, sessions, session)
+                    else:
+                        self._register(end - 1, _session_payload(_FIRE, start, end, key))
+                    if lateness:
+                        self._register(
+                            end - 1 + lateness, _session_payload(_CLEANUP, start, end, key)
+                        )
+            wm = wms[i]
+            if wm >= self._next_timer:
+                self._wm = wm
+                self._fire_due(wm)
+        if wm > self._wm:
+            self._wm = wm
+
+    def _fire_session(self, key: KeyObj, session: list[Any]) -> None:
+        start, end, acc, emissions, replaced = session
+        kind = EmitKind.FINAL if emissions == 0 and not replaced else EmitKind.UPDATE
+        session[3] = emissions + 1
+        session[4] = []
+        self._emit(WindowResult(key, start, end, self._agg.result(acc), kind, tuple(replaced)))
+
+    def _remove(self, key: KeyObj, sessions: list[list[Any]], session: list[Any]) -> None:
+        sessions.remove(session)
+        if sessions:
+            self._store.put(key, sessions)
+        else:
+            self._store.delete(key)
+
+    def _drop_timers(self, key: KeyObj, start: int, end: int) -> None:
+        self._timers.delete(end - 1, _session_payload(_FIRE, start, end, key))
+        if self._lateness:
+            self._timers.delete(
+                end - 1 + self._lateness, _session_payload(_CLEANUP, start, end, key)
+            )
+
+    def _fire_due(self, watermark: int) -> None:
+        for _ts, payload in self._timers.pop_due(watermark):
+            kind = payload[0]
+            start = decode_int(payload[1:9])
+            end = decode_int(payload[9:17])
+            key = decode_key(payload[17:])
+            sessions: list[list[Any]] = self._store.get(key) or []
+            session = next((s for s in sessions if s[0] == start and s[1] == end), None)
+            if session is None:
+                continue
+            if kind == _FIRE:
+                self._fire_session(key, session)
+                if self._lateness:
+                    self._store.put(key, sessions)
+                else:
+                    self._remove(key, sessions, session)
+            else:
+                self._remove(key, sessions, session)
+        self._refresh_next_timer()
+
+    def live_windows(self) -> int:
+        """Sessions with state (walks RocksDB: for tests and metrics)."""
+        return sum(len(sessions) for _key, sessions in self._store.items())
+
+
+def _session_start(session: list[Any]) -> int:
+    start: int = session[0]
+    return start
+
+
+def _session_payload(kind: int, start: int, end: int, key: KeyObj) -> bytes:
+    return bytes((kind,)) + encode_int(start) + encode_int(end) + encode_key(key)
+
+
+def make_window_operator(
+    spec: WindowSpec, db: TaskDB, collector: Collector, clock: Clock
+) -> FixedWindowOperator | SessionWindowOperator:
+    """The operator that runs ``spec`` in one partition task."""
+    if isinstance(spec.assigner, Session):
+        return SessionWindowOperator(spec, db, collector, clock)
+    return FixedWindowOperator(spec, db, collector, clock)

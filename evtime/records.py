@@ -1,0 +1,209 @@
+"""The values that flow through evtime: records, batches, outputs, dead letters."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+KeyObj = str | bytes | int | None
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One input event, as user code sees it.
+
+    ``timestamp`` is the event time in int milliseconds since the epoch.
+    """
+
+    key: KeyObj
+    value: Any
+    timestamp: int
+    topic: str
+    partition: int
+    offset: int
+    headers: Headers = ()
+
+
+@dataclass(slots=True)
+class RawRecord:
+    """A record as a source delivers it, before decoding.
+
+    ``value`` is bytes for byte-oriented sources (Kafka, files) or an already
+    decoded object for in-memory sources. ``timestamp`` is the source's own
+    timestamp (Kafka's record timestamp), used when the app declares no
+    event-time field.
+    """
+
+    offset: int
+    key: Any
+    value: Any
+    timestamp: int | None = None
+    headers: Headers = ()
+
+
+@dataclass(slots=True)
+class Batch:
+    """Decoded records of one input partition, as parallel lists.
+
+    ``watermarks[i]`` is the task watermark right after record ``i``;
+    ``watermark_before`` the one before the first record. Operators walk the
+    lists in a plain loop: no per-record objects are built on the hot path.
+    """
+
+    topic: str
+    partition: int
+    offsets: list[int]
+    keys: list[KeyObj]
+    values: list[Any]
+    timestamps: list[int]
+    watermarks: list[int]
+    watermark_before: int
+    raw: list[RawRecord] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def record(self, i: int) -> Record:
+        """Record ``i`` as a :class:`Record` (built on demand, for user code)."""
+        raw_headers = self.raw[i].headers if self.raw else ()
+        return Record(
+            self.keys[i],
+            self.values[i],
+            self.timestamps[i],
+            self.topic,
+            self.partition,
+            self.offsets[i],
+            raw_headers,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One result on its way to a sink.
+
+    ``id`` is stable across replays (an upserting sink turns a replay into a
+    no-op); ``timestamp`` is the event time the result belongs to.
+    """
+
+    key: KeyObj
+    value: Any
+    timestamp: int
+    id: str | None = None
+
+
+class EmitKind(enum.Enum):
+    """Why a window result was emitted."""
+
+    FINAL = "final"
+    """The window's first result once the watermark passed its end."""
+    UPDATE = "update"
+    """A later result of a window already emitted (a late record within allowed lateness)."""
+    EARLY = "early"
+    """A provisional result before the window closes (early firing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """The aggregate of one key over one window.
+
+    ``replaces`` lists the ids of earlier results this one supersedes when a
+    late record merged session windows; it is empty otherwise.
+    """
+
+    key: KeyObj
+    start: int
+    end: int
+    value: Any
+    kind: EmitKind
+    replaces: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        """Stable id of the window: the same for its final result and every update."""
+        return window_id(self.key, self.start, self.end)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict (what sinks get by default)."""
+        out: dict[str, Any] = {
+            "key": self.key.decode(errors="replace") if isinstance(self.key, bytes) else self.key,
+            "start": self.start,
+            "end": self.end,
+            "value": self.value,
+            "kind": self.kind.value,
+        }
+        if self.replaces:
+            out["replaces"] = list(self.replaces)
+        return out
+
+
+def window_id(key: KeyObj, start: int, end: int) -> str:
+    """The stable id of a window of a key."""
+    if isinstance(key, bytes):
+        key = key.hex()
+    return f"{key}@{start}-{end}"
+
+
+class DeadLetterReason(enum.Enum):
+    """Why a record went to the dead-letter output."""
+
+    DECODE = "decode"
+    """The value's bytes could not be decoded."""
+    KEY = "key"
+    """The key could not be extracted."""
+    TIMESTAMP = "timestamp"
+    """No usable event timestamp."""
+    USER_CODE = "user_code"
+    """A user function raised."""
+    LATE = "late"
+    """Later than the watermark plus allowed lateness."""
+    SINK = "sink"
+    """A sink rejected the document."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that could not be processed, with the reason and its source position."""
+
+    reason: DeadLetterReason
+    error: str
+    topic: str
+    partition: int
+    offset: int
+    key: Any
+    value: Any
+    timestamp: int | None = None
+    operator: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form; bytes are decoded as UTF-8 where possible, else hex."""
+        return {
+            "reason": self.reason.value,
+            "error": self.error,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "key": _jsonable(self.key),
+            "value": _jsonable(self.value),
+            "timestamp": self.timestamp,
+            "operator": self.operator,
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return {"hex": value.hex()}
+    return value
+
+
+class ErrorPolicy(enum.Enum):
+    """What happens to a bad record."""
+
+    DEAD_LETTER = "dead_letter"
+    """Send it to the dead-letter output with its reason; keep running (default)."""
+    FAIL_FAST = "fail_fast"
+    """Stop the run with an error naming the record."""

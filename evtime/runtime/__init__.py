@@ -1,0 +1,1 @@
+"""The worker: partition tasks, drivers for local and Kafka sources, checkpoints."""

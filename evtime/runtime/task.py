@@ -1,0 +1,253 @@
+"""A partition task: one partition of a group of topics, its operators and its RocksDB.
+
+The task is synchronous and knows no Kafka: a driver hands it raw records, a
+batch at a time, takes its outputs to the sinks, and asks it to snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evtime.errors import ConfigError, SerdeError, TimestampError
+from evtime.operators.base import Collector, Operator, describe_error
+from evtime.operators.process import ProcessOperator, ProcessSpec
+from evtime.operators.window import WindowSpec, make_window_operator
+from evtime.plan import Plan, SourceSpec
+from evtime.records import Batch, DeadLetter, DeadLetterReason, KeyObj, Output, RawRecord
+from evtime.serde import ValueFormat, decode_value, key_getter, timestamp_getter
+from evtime.state import CommitStats, TaskDB
+from evtime.time import Clock
+from evtime.watermarks import WatermarkTracker
+
+
+def group_name(group: tuple[str, ...]) -> str:
+    """The directory name of a topic group's state."""
+    return "+".join(group)
+
+
+def task_path(plan: Plan, group: tuple[str, ...], partition: int) -> Path:
+    """``state_dir/<app>/<topic-group>/<partition>``."""
+    return plan.state_dir / plan.app_name / group_name(group) / str(partition)
+
+
+@dataclass(slots=True)
+class _Input:
+    spec: SourceSpec
+    wm_partition: Hashable
+    key_of: Any
+    ts_of: Any
+    key_field: str | None
+    ts_field: str | None
+    operators: list[Operator]
+
+
+class PartitionTask:
+    """Decodes records, tracks the watermark, drives operators, snapshots state.
+
+    Snapshot metadata (written with the state in one WriteBatch): ``offsets``
+    (the next offset of every input partition), ``watermarks`` (the tracker's
+    snapshot) and ``counters``.
+    """
+
+    def __init__(self, plan: Plan, group: tuple[str, ...], partition: int, clock: Clock) -> None:
+        self.plan = plan
+        self.group = group
+        self.partition = partition
+        self.clock = clock
+        strategies = {plan.sources[t].watermarks for t in group}
+        if len(strategies) != 1:
+            raise ConfigError(
+                f"sources {list(group)} are processed together but declare different watermark "
+                "settings; give them the same max_out_of_orderness and idle_timeout"
+            )
+        self.db = TaskDB(task_path(plan, group, partition), [])
+        self.collector = Collector(plan.policy)
+        self.operators: list[Operator] = []
+        by_topic: dict[str, list[Operator]] = {t: [] for t in group}
+        for spec in plan.operators_of(group):
+            op: Operator
+            if isinstance(spec, WindowSpec):
+                op = make_window_operator(spec, self.db, self.collector, clock)
+            elif isinstance(spec, ProcessSpec):
+                op = ProcessOperator(spec, self.db, self.collector, clock)
+            else:  # pragma: no cover - the plan only holds these
+                raise ConfigError(f"unknown operator {spec!r}")
+            self.operators.append(op)
+            by_topic[spec.source].append(op)
+        self.tracker = WatermarkTracker(strategies.pop(), [(t, partition) for t in group])
+        self.inputs: dict[str, _Input] = {}
+        for topic in group:
+            spec = plan.sources[topic]
+            self.inputs[topic] = _Input(
+                spec,
+                (topic, partition),
+                key_getter(spec.key),
+                timestamp_getter(spec.timestamp),
+                spec.key if isinstance(spec.key, str) else None,
+                spec.timestamp if isinstance(spec.timestamp, str) else None,
+                by_topic[topic],
+            )
+        self.offsets: dict[str, int] = {t: 0 for t in group}
+        self.records_in = 0
+        self.checkpoints = 0
+        self._restore()
+
+    def _restore(self) -> None:
+        offsets = self.db.get_meta("offsets")
+        if offsets:
+            for topic, offset in offsets.items():
+                if topic in self.offsets:
+                    self.offsets[topic] = int(offset)
+        watermarks = self.db.get_meta("watermarks")
+        if watermarks:
+            self.tracker.restore(watermarks, self.clock.now_ms())
+            for op in self.operators:
+                op.on_watermark(self.tracker.current)
+            # Restoring fires nothing new: every timer due at this watermark fired before the
+            # snapshot, so outputs collected here would be duplicates.
+            self.collector.take()
+        counters = self.db.get_meta("counters") or {}
+        self.records_in = int(counters.get("records_in", 0))
+
+    @property
+    def restored(self) -> bool:
+        """Whether the task resumed from a snapshot."""
+        return self.db.get_meta("offsets") is not None
+
+    @property
+    def watermark(self) -> int:
+        return self.tracker.current
+
+    # -- the hot path -----------------------------------------------------------
+    def process(self, topic: str, raws: Sequence[RawRecord]) -> None:
+        """Decode ``raws`` (consecutive records of this task's partition of ``topic``) and run
+        them through the operators."""
+        if not raws:
+            return
+        inp = self.inputs[topic]
+        fmt = inp.spec.value_format
+        decode = fmt is ValueFormat.JSON or fmt is ValueFormat.TEXT
+        kf, tf = inp.key_field, inp.ts_field
+        key_of, ts_of = inp.key_of, inp.ts_of
+        on_event = self.tracker.on_event
+        wm_partition = inp.wm_partition
+        now = self.clock.now_ms()
+        watermark_before = self.tracker.current
+        offsets: list[int] = []
+        keys: list[KeyObj] = []
+        values: list[Any] = []
+        timestamps: list[int] = []
+        watermarks: list[int] = []
+        kept: list[RawRecord] = []
+        for raw in raws:
+            value = raw.value
+            try:
+                if decode and type(value) is bytes:
+                    value = decode_value(value, fmt)
+                key = value[kf] if kf is not None and type(value) is dict and kf in value else None
+                if key is None or type(key) not in (str, int):
+                    key = key_of(value, raw)
+                ts = value.get(tf) if tf is not None and type(value) is dict else None
+                if type(ts) is not int:
+                    ts = ts_of(value, raw)
+            except Exception as exc:
+                self._dead(topic, raw, value, exc)
+                continue
+            offsets.append(raw.offset)
+            keys.append(key)
+            values.append(value)
+            timestamps.append(ts)
+            kept.append(raw)
+            watermarks.append(on_event(wm_partition, ts, now))
+        self.offsets[topic] = raws[-1].offset + 1
+        self.records_in += len(offsets)
+        if offsets:
+            batch = Batch(
+                topic,
+                self.partition,
+                offsets,
+                keys,
+                values,
+                timestamps,
+                watermarks,
+                watermark_before,
+                kept,
+            )
+            for op in inp.operators:
+                op.process(batch)
+            wm = watermarks[-1]
+            if wm > watermark_before:
+                for op in self.operators:
+                    if op not in inp.operators:
+                        op.on_watermark(wm)
+
+    def _dead(self, topic: str, raw: RawRecord, value: Any, exc: Exception) -> None:
+        if isinstance(exc, TimestampError):
+            reason = DeadLetterReason.TIMESTAMP
+        elif isinstance(exc, SerdeError) and "key" in str(exc):
+            reason = DeadLetterReason.KEY
+        elif isinstance(exc, SerdeError):
+            reason = DeadLetterReason.DECODE
+        else:
+            reason = DeadLetterReason.USER_CODE
+        self.collector.dead_letter(
+            DeadLetter(
+                reason,
+                describe_error(exc),
+                topic,
+                self.partition,
+                raw.offset,
+                raw.key,
+                raw.value,
+                raw.timestamp,
+            )
+        )
+
+    # -- time ---------------------------------------------------------------------
+    def end_of_input(self, topic: str) -> None:
+        """``topic``'s partition is exhausted (a bounded source): its watermark is +infinity."""
+        wm = self.tracker.end_of_input((topic, self.partition))
+        for op in self.operators:
+            op.on_watermark(wm)
+
+    def tick(self, now_ms: int) -> None:
+        """Let wall-clock time act: idleness, processing-time timers, early firing."""
+        wm = self.tracker.on_tick(now_ms)
+        for op in self.operators:
+            op.on_watermark(wm)
+            op.on_processing_time(now_ms)
+
+    def next_tick(self) -> int | None:
+        """When :meth:`tick` next has processing-time work."""
+        times = [t for op in self.operators if (t := op.next_processing_time()) is not None]
+        return min(times) if times else None
+
+    # -- output and snapshots ----------------------------------------------------------
+    def take(self) -> tuple[dict[str, list[Output]], list[DeadLetter]]:
+        """Outputs (by output id) and dead letters produced since the last call."""
+        return self.collector.take()
+
+    def snapshot(self) -> CommitStats:
+        """Write state, timers, watermarks and next offsets in one synced WriteBatch.
+
+        The driver must have delivered (and flushed) every output taken before.
+        """
+        self.checkpoints += 1
+        return self.db.commit(
+            {
+                "offsets": self.offsets,
+                "watermarks": self.tracker.snapshot(),
+                "counters": {"records_in": self.records_in},
+            }
+        )
+
+    def close(self) -> None:
+        """Close the database; what was not snapshotted is dropped."""
+        self.db.close()
+
+    def has_backlog(self) -> bool:
+        """Whether the state cache holds so many unsaved entries that a snapshot is due."""
+        return any(kv.dirty_count > 200_000 for kv in self.db._stores)

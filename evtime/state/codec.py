@@ -1,0 +1,75 @@
+"""Byte encodings of state keys and values.
+
+Keys are encoded so that RocksDB's byte order is the natural order: integers
+are stored big-endian with the sign bit flipped, so timers iterate in time
+order. Values are orjson documents.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from evtime.errors import StateError
+
+_INT_BIAS = 1 << 63
+
+KeyObj = str | bytes | int | None
+"""A record key as the engine sees it."""
+
+
+def encode_int(value: int) -> bytes:
+    """Eight bytes whose byte order is the integer order (int64 range)."""
+    return (value + _INT_BIAS).to_bytes(8, "big")
+
+
+def decode_int(data: bytes) -> int:
+    """Inverse of :func:`encode_int`."""
+    return int.from_bytes(data[:8], "big") - _INT_BIAS
+
+
+def encode_key(key: KeyObj) -> bytes:
+    """Tag a record key with its type so that it decodes back unchanged."""
+    if isinstance(key, str):
+        return b"s" + key.encode()
+    if isinstance(key, bytes):
+        return b"b" + key
+    if key is None:
+        return b"n"
+    if isinstance(key, int) and not isinstance(key, bool):
+        return b"i" + encode_int(key)
+    raise StateError(
+        f"unsupported record key type {type(key).__name__}: keys must be str, bytes, int "
+        "or None; convert the key in the source's key= function"
+    )
+
+
+def decode_key(data: bytes) -> KeyObj:
+    """Inverse of :func:`encode_key`."""
+    tag = data[:1]
+    if tag == b"s":
+        return data[1:].decode()
+    if tag == b"b":
+        return bytes(data[1:])
+    if tag == b"n":
+        return None
+    if tag == b"i":
+        return decode_int(data[1:9])
+    raise StateError(f"corrupt state key {data[:16]!r}: unknown type tag; the state dir is damaged")
+
+
+def dumps(value: Any) -> bytes:
+    """Encode a state value (an accumulator, a user value) as JSON bytes."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise StateError(
+            f"state value of type {type(value).__name__} cannot be stored: {exc}; "
+            "keep state JSON-like (dict, list, str, int, float, bool, None)"
+        ) from exc
+
+
+def loads(data: bytes) -> Any:
+    """Decode a state value written by :func:`dumps`."""
+    return orjson.loads(data)

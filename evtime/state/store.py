@@ -1,0 +1,388 @@
+"""One RocksDB database per partition task, with a dirty cache in front of it.
+
+Operators read and write decoded Python values through :class:`KeyValueStore`;
+nothing touches RocksDB on the per-record path except a read of a key the
+cache has never seen. :meth:`TaskDB.commit` writes every store's dirty
+entries, every timer change and the task's metadata (offsets, watermarks) in
+ONE synced WriteBatch, so a snapshot is atomic: after a crash the database
+holds exactly the last committed snapshot.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from rocksdict import Options, ReadOptions, Rdict, WriteBatch, WriteOptions
+
+from evtime.errors import StateError
+from evtime.state import codec
+
+K = TypeVar("K", bound=Hashable)
+
+META_CF = "__meta__"
+FORMAT_VERSION = 1
+
+_ABSENT: Any = object()
+"""Cache marker: the key has no value (known absent, or deleted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitStats:
+    """What one snapshot wrote."""
+
+    puts: int
+    deletes: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of a snapshot, as the changelog needs it (value None = delete)."""
+
+    store: str
+    key: bytes
+    value: bytes | None
+
+
+class KeyValueStore(Generic[K]):
+    """A named key-value store (one column family) with a write-back cache.
+
+    Keys are Python objects (encoded to bytes with ``encode`` only when they
+    reach RocksDB); values are JSON-like objects encoded with orjson. The cache
+    keeps the values of recently used keys; entries written since the last
+    snapshot are *dirty* and are written by the next :meth:`TaskDB.commit`.
+    A key created and deleted between two snapshots never reaches RocksDB.
+    """
+
+    def __init__(
+        self,
+        db: TaskDB,
+        name: str,
+        encode: Callable[[K], bytes],
+        decode: Callable[[bytes], K],
+        cache_size: int,
+    ) -> None:
+        self.name = name
+        self._db = db
+        self._cf = db._column(name)
+        self.encode = encode
+        self.decode = decode
+        self.cache_size = cache_size
+        self._cache: dict[K, Any] = {}
+        # key -> whether RocksDB may hold a version of it (a delete must then be written)
+        self._dirty: dict[K, bool] = {}
+
+    # -- reads and writes -------------------------------------------------
+    def get(self, key: K, default: Any = None) -> Any:
+        """The current value of ``key``, or ``default``."""
+        value = self._cache.get(key, _ABSENT)
+        if value is _ABSENT:
+            if key in self._cache:
+                return default
+            raw = self._cf.get(self.encode(key))
+            if raw is None:
+                self._cache[key] = _ABSENT
+                return default
+            value = codec.loads(raw)
+            self._cache[key] = value
+        return value
+
+    def put(self, key: K, value: Any) -> None:
+        """Set ``key`` to ``value`` (written to RocksDB at the next snapshot)."""
+        if key not in self._dirty:
+            self._dirty[key] = self._may_be_in_db(key)
+        self._cache[key] = value
+
+    def delete(self, key: K) -> None:
+        """Remove ``key``."""
+        in_db = self._dirty.get(key)
+        if in_db is None:
+            in_db = self._may_be_in_db(key)
+        if in_db:
+            self._dirty[key] = True
+        else:
+            self._dirty.pop(key, None)
+        self._cache[key] = _ABSENT
+
+    def _may_be_in_db(self, key: K) -> bool:
+        # Called for keys that are not dirty: a cached _ABSENT then means RocksDB
+        # was read (or written with a delete) and holds nothing.
+        return self._cache.get(key) is not _ABSENT
+
+    def __contains__(self, key: K) -> bool:
+        return self.get(key, _ABSENT) is not _ABSENT
+
+    # -- snapshot support ---------------------------------------------------
+    @property
+    def dirty_count(self) -> int:
+        """Entries written since the last snapshot."""
+        return len(self._dirty)
+
+    @property
+    def cached_count(self) -> int:
+        """Entries held in memory (dirty and clean)."""
+        return len(self._cache)
+
+    def _drain(self, batch: WriteBatch, changes: list[Change] | None) -> tuple[int, int, int]:
+        handle = self._db._handle(self.name)
+        puts = deletes = size = 0
+        for key in self._dirty:
+            value = self._cache[key]
+            raw_key = self.encode(key)
+            if value is _ABSENT:
+                batch.delete(raw_key, handle)
+                deletes += 1
+                size += len(raw_key)
+                if changes is not None:
+                    changes.append(Change(self.name, raw_key, None))
+            else:
+                raw = codec.dumps(value)
+                batch.put(raw_key, raw, handle)
+                puts += 1
+                size += len(raw_key) + len(raw)
+                if changes is not None:
+                    changes.append(Change(self.name, raw_key, raw))
+        return puts, deletes, size
+
+    def _after_commit(self) -> None:
+        self._dirty.clear()
+        excess = len(self._cache) - self.cache_size
+        if excess > 0:
+            # Evict the oldest entries first (dicts keep insertion order).
+            for key in list(self._cache)[:excess]:
+                del self._cache[key]
+
+    def _discard_cache(self) -> None:
+        self._dirty.clear()
+        self._cache.clear()
+
+    # -- iteration (not for the hot path) -------------------------------------
+    def items(self) -> Iterator[tuple[K, Any]]:
+        """Every live entry: RocksDB's, overlaid with the cache's changes."""
+        seen: set[K] = set()
+        for key in list(self._dirty):
+            seen.add(key)
+            value = self._cache[key]
+            if value is not _ABSENT:
+                yield key, value
+        for raw_key, raw in self._cf.items():
+            key = self.decode(raw_key)
+            if key in seen:
+                continue
+            cached = self._cache.get(key, _ABSENT)
+            yield key, cached if cached is not _ABSENT else codec.loads(raw)
+
+    def scan_prefix(self, prefix: bytes) -> Iterator[tuple[K, Any]]:
+        """Live entries whose encoded key starts with ``prefix``, in key order."""
+        found: dict[bytes, Any] = {}
+        ro = ReadOptions()
+        upper = _prefix_upper_bound(prefix)
+        if upper is not None:
+            ro.set_iterate_upper_bound(upper)
+        for raw_key, raw in self._cf.items(from_key=prefix, read_opt=ro):
+            if not raw_key.startswith(prefix):
+                break
+            found[raw_key] = raw
+        for key in self._dirty:
+            raw_key = self.encode(key)
+            if raw_key.startswith(prefix):
+                found[raw_key] = self._cache[key]
+        for raw_key in sorted(found):
+            key = self.decode(raw_key)
+            value = found[raw_key]
+            if isinstance(value, bytes):
+                cached = self._cache.get(key, _ABSENT)
+                if cached is not _ABSENT and key in self._dirty:
+                    value = cached
+                else:
+                    value = codec.loads(value)
+            if value is not _ABSENT:
+                yield key, value
+
+    def count_persisted(self) -> int:
+        """Number of keys in RocksDB (exact; walks the column family)."""
+        return sum(1 for _ in self._cf.keys())
+
+
+def _prefix_upper_bound(prefix: bytes) -> bytes | None:
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+class TaskDB:
+    """The RocksDB database of one partition task.
+
+    Column families: one per store, one per timer queue, and ``__meta__`` for
+    the snapshot metadata (input offsets, watermarks, format version).
+    """
+
+    def __init__(self, path: str | Path, column_families: Iterable[str], *, sync: bool = True):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        names = set(column_families) | {META_CF}
+        if (self.path / "CURRENT").exists():
+            try:
+                names |= set(Rdict.list_cf(str(self.path)))
+            except Exception as exc:
+                raise StateError(
+                    f"cannot read the state database at {self.path}: {exc}; if it is damaged, "
+                    "delete the directory and the task will restore from its changelog"
+                ) from exc
+        names.discard("default")
+        opts = _options()
+        try:
+            self._rdict = Rdict(
+                str(self.path),
+                options=opts,
+                column_families={name: _options() for name in sorted(names)},
+            )
+        except Exception as exc:
+            raise StateError(
+                f"cannot open the state database at {self.path}: {exc}; is another worker "
+                "using the same state_dir? Give each worker its own state_dir"
+            ) from exc
+        self._columns: dict[str, Rdict] = {}
+        self._handles: dict[str, Any] = {}
+        self._stores: list[KeyValueStore[Any]] = []
+        self._flushers: list[Callable[[WriteBatch], tuple[int, int, int]]] = []
+        self._committers: list[Callable[[], None]] = []
+        self._write_opts = WriteOptions()
+        self._write_opts.sync = sync
+        self._closed = False
+        version = self.get_meta("format_version")
+        if version is not None and version != FORMAT_VERSION:
+            raise StateError(
+                f"state at {self.path} has format version {version}, this evtime writes "
+                f"{FORMAT_VERSION}; delete the directory to rebuild it from the changelog"
+            )
+
+    # -- column families --------------------------------------------------
+    def _column(self, name: str) -> Rdict:
+        column = self._columns.get(name)
+        if column is None:
+            try:
+                column = self._rdict.get_column_family(name)
+            except Exception:
+                column = self._rdict.create_column_family(name, _options())
+            self._columns[name] = column
+        return column
+
+    def _handle(self, name: str) -> Any:
+        handle = self._handles.get(name)
+        if handle is None:
+            self._column(name)
+            handle = self._rdict.get_column_family_handle(name)
+            self._handles[name] = handle
+        return handle
+
+    def store(
+        self,
+        name: str,
+        encode: Callable[[Any], bytes] = codec.encode_key,
+        decode: Callable[[bytes], Any] = codec.decode_key,
+        cache_size: int = 100_000,
+    ) -> KeyValueStore[Any]:
+        """Open the store ``name`` (a column family)."""
+        if name == META_CF:
+            raise StateError(f"{META_CF!r} is reserved; choose another store name")
+        kv: KeyValueStore[Any] = KeyValueStore(self, name, encode, decode, cache_size)
+        self._stores.append(kv)
+        self._flushers.append(lambda batch: kv._drain(batch, self._changes))
+        self._committers.append(kv._after_commit)
+        return kv
+
+    def register_flusher(
+        self, flush: Callable[[WriteBatch], tuple[int, int, int]], after: Callable[[], None]
+    ) -> None:
+        """Let another structure (a timer queue) join every snapshot's WriteBatch."""
+        self._flushers.append(flush)
+        self._committers.append(after)
+
+    # -- metadata -------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        """A metadata value of the last snapshot, or None."""
+        raw = self._column(META_CF).get(key.encode())
+        return None if raw is None else codec.loads(raw)
+
+    # -- snapshot ---------------------------------------------------------------
+    _changes: list[Change] | None = None
+
+    def commit(self, meta: dict[str, Any], *, collect_changes: bool = False) -> CommitStats:
+        """Write dirty state, timers and ``meta`` in one synced WriteBatch.
+
+        Returns what was written; with ``collect_changes`` the state entries
+        are also kept in :attr:`last_changes` for a changelog.
+        """
+        self._check_open()
+        self._changes = [] if collect_changes else None
+        batch = WriteBatch(raw_mode=True)
+        puts = deletes = size = 0
+        for flush in self._flushers:
+            p, d, s = flush(batch)
+            puts += p
+            deletes += d
+            size += s
+        meta_handle = self._handle(META_CF)
+        meta = {"format_version": FORMAT_VERSION, **meta}
+        for key, value in meta.items():
+            raw = codec.dumps(value)
+            batch.put(key.encode(), raw, meta_handle)
+            size += len(raw)
+        try:
+            self._rdict.write(batch, self._write_opts)
+        except Exception as exc:
+            raise StateError(
+                f"writing the snapshot to {self.path} failed: {exc}; check free disk space"
+            ) from exc
+        self.last_changes: list[Change] = self._changes or []
+        self._changes = None
+        for after in self._committers:
+            after()
+        return CommitStats(puts, deletes, size)
+
+    def discard_uncommitted(self) -> None:
+        """Forget every change since the last snapshot (used when a task is abandoned)."""
+        for kv in self._stores:
+            kv._discard_cache()
+
+    # -- lifecycle ----------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StateError(f"state database {self.path} is closed")
+
+    def close(self) -> None:
+        """Close the database; uncommitted changes are dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        for column in self._columns.values():
+            column.close()
+        self._columns.clear()
+        self._handles.clear()
+        self._rdict.close()
+        del self._rdict
+        # rocksdict releases the file lock only when every handle is collected.
+        gc.collect()
+
+    def destroy(self) -> None:
+        """Close and delete the database from disk."""
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def _options() -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    return opts

@@ -1,0 +1,152 @@
+"""Timer queues persisted in RocksDB, fired in time order.
+
+A timer is a time (event time or processing time, in ms) and a payload
+(bytes naming what fires: a window, a key). Registered timers live in memory
+until the next snapshot writes them; persisted timers live in a column family
+whose keys sort by time, so the due ones are a range scan.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from rocksdict import ReadOptions, WriteBatch
+
+from evtime.state.codec import decode_int, encode_int
+from evtime.state.store import TaskDB
+
+
+class TimerQueue:
+    """A set of (time, payload) timers; :meth:`pop_due` returns them in order.
+
+    Registering the same timer twice keeps one. Timers registered and fired
+    (or deleted) between two snapshots never reach RocksDB.
+    """
+
+    def __init__(self, db: TaskDB, name: str) -> None:
+        self.name = name
+        self._db = db
+        self._cf = db._column(name)
+        self._heap: list[tuple[int, bytes]] = []
+        self._pending: set[bytes] = set()  # registered since the last snapshot
+        self._deleted: set[bytes] = set()  # persisted timers fired or deleted since then
+        # Every persisted timer at or before this time has been popped: scans start after it.
+        self._scanned_to: int | None = None
+        self._db_head: int | None = None  # earliest persisted, not deleted timer
+        self._db_head_valid = False
+        db.register_flusher(self._flush, self._after_commit)
+
+    def register(self, ts: int, payload: bytes) -> None:
+        """Add the timer (idempotent)."""
+        full = encode_int(ts) + payload
+        if full in self._deleted:
+            self._deleted.discard(full)
+            self._db_head_valid = False
+            return
+        if full not in self._pending:
+            self._pending.add(full)
+            heapq.heappush(self._heap, (ts, payload))
+
+    def delete(self, ts: int, payload: bytes) -> None:
+        """Remove the timer if it exists."""
+        full = encode_int(ts) + payload
+        if full in self._pending:
+            self._pending.discard(full)  # its heap entry is skipped lazily
+        else:
+            self._deleted.add(full)
+            self._db_head_valid = False
+
+    def next_time(self) -> int | None:
+        """The earliest registered time, or None when the queue is empty."""
+        heap = self._heap
+        while heap and (encode_int(heap[0][0]) + heap[0][1]) not in self._pending:
+            heapq.heappop(heap)
+        mem = heap[0][0] if heap else None
+        disk = self._persisted_head()
+        if mem is None:
+            return disk
+        if disk is None:
+            return mem
+        return min(mem, disk)
+
+    def pop_due(self, until: int) -> list[tuple[int, bytes]]:
+        """Remove and return every timer with time <= ``until``, ordered by (time, payload)."""
+        due: list[tuple[int, bytes]] = []
+        heap = self._heap
+        pending = self._pending
+        while heap and heap[0][0] <= until:
+            ts, payload = heapq.heappop(heap)
+            full = encode_int(ts) + payload
+            if full in pending:
+                pending.discard(full)
+                due.append((ts, payload))
+        head = self._persisted_head()
+        if head is not None and head <= until:
+            for full in self._scan(until):
+                self._deleted.add(full)
+                due.append((decode_int(full), bytes(full[8:])))
+            self._db_head_valid = False
+        if self._scanned_to is None or until > self._scanned_to:
+            self._scanned_to = until
+        due.sort()
+        return due
+
+    def __len__(self) -> int:
+        """Number of live timers (walks the persisted ones: not for the hot path)."""
+        persisted = sum(1 for key in self._cf.keys() if key not in self._deleted)
+        return persisted + len(self._pending)
+
+    # -- persisted part ------------------------------------------------------------
+    def _scan(self, until: int | None) -> list[bytes]:
+        ro = ReadOptions()
+        if until is not None:
+            ro.set_iterate_upper_bound(encode_int(until + 1) if until < (1 << 63) - 1 else b"\xff" * 9)
+        start = b"" if self._scanned_to is None else encode_int(self._scanned_to + 1)
+        deleted = self._deleted
+        return [key for key in self._cf.keys(from_key=start, read_opt=ro) if key not in deleted]
+
+    def _persisted_head(self) -> int | None:
+        if not self._db_head_valid:
+            self._db_head = None
+            ro = ReadOptions()
+            it = self._cf.iter(ro)
+            start = b"" if self._scanned_to is None else encode_int(self._scanned_to + 1)
+            if start:
+                it.seek(start)
+            else:
+                it.seek_to_first()
+            deleted = self._deleted
+            while it.valid():
+                key = it.key()
+                if key not in deleted:
+                    self._db_head = decode_int(key)
+                    break
+                it.next()
+            del it
+            self._db_head_valid = True
+        return self._db_head
+
+    def _flush(self, batch: WriteBatch) -> tuple[int, int, int]:
+        handle = self._db._handle(self.name)
+        for full in self._pending:
+            batch.put(full, b"", handle)
+        for full in self._deleted:
+            batch.delete(full, handle)
+        size = sum(len(k) for k in self._pending) + sum(len(k) for k in self._deleted)
+        if self._pending and self._scanned_to is not None:
+            # A timer registered behind the scan position must still be found.
+            earliest = min(decode_int(full) for full in self._pending)
+            if earliest <= self._scanned_to:
+                self._scanned_to = earliest - 1
+        return len(self._pending), len(self._deleted), size
+
+    def _after_commit(self) -> None:
+        self._pending.clear()
+        self._heap.clear()
+        self._deleted.clear()
+        self._db_head_valid = False
+
+    def snapshot_info(self) -> dict[str, Any]:
+        """Sizes for metrics and tests."""
+        return {"pending": len(self._pending), "deleted": len(self._deleted)}
