@@ -31,6 +31,13 @@ class Collector:
             bucket = self.outputs[output_name] = []
         bucket.append(output)
 
+    def bucket(self, output_name: str) -> list[Output]:
+        """The list collecting ``output_name``'s outputs (append to it directly on hot paths)."""
+        bucket = self.outputs.get(output_name)
+        if bucket is None:
+            bucket = self.outputs[output_name] = []
+        return bucket
+
     def dead_letter(self, letter: DeadLetter) -> None:
         """Queue a bad record for the dead-letter output, or stop under fail-fast."""
         self.dead_count += 1

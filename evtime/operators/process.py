@@ -297,7 +297,7 @@ class ProcessOperator:
                         batch.partition,
                         record.offset,
                         record.key,
-                        batch.raw[i].value if batch.raw else record.value,
+                        batch.raw[i].value,
                         record.timestamp,
                         self.name,
                     )

@@ -31,6 +31,7 @@ from evtime.records import (
     window_id,
 )
 from evtime.state import TaskDB, TimerQueue
+from evtime.state.windowed import DIRTY, WindowStore
 from evtime.state.codec import decode_int, decode_key, encode_int, encode_key
 from evtime.time import MAX_TIMESTAMP, MIN_TIMESTAMP, Clock
 from evtime.windows import Session, Sliding, Tumbling, WindowAssigner
@@ -96,25 +97,28 @@ class _WindowBase:
             try:
                 value = fn(result)
             except Exception as exc:
-                self._collector.dead_letter(
-                    DeadLetter(
-                        DeadLetterReason.USER_CODE,
-                        f"result function of {self.name!r} raised {describe_error(exc)}",
-                        self.spec.source,
-                        -1,
-                        -1,
-                        result.key,
-                        result.to_dict(),
-                        result.end - 1,
-                        self.name,
-                    )
-                )
+                self._result_failed(result, exc)
                 return
             if value is None:
                 return
         self._collector.emit(
             self.spec.output,
             Output(result.key, value, result.end - 1, window_id(result.key, result.start, result.end)),
+        )
+
+    def _result_failed(self, result: WindowResult, exc: Exception) -> None:
+        self._collector.dead_letter(
+            DeadLetter(
+                DeadLetterReason.USER_CODE,
+                f"result function of {self.name!r} raised {describe_error(exc)}",
+                self.spec.source,
+                -1,
+                -1,
+                result.key,
+                result.to_dict(),
+                result.end - 1,
+                self.name,
+            )
         )
 
     def _late_record(self, batch: Batch, i: int, watermark: int) -> None:
@@ -131,9 +135,9 @@ class _WindowBase:
                 f"allowed lateness ({self._lateness} ms) of {self.name!r}",
                 batch.topic,
                 batch.partition,
-                batch.offsets[i],
+                batch.raw[i].offset,
                 key,
-                batch.raw[i].value if batch.raw else value,
+                batch.raw[i].value,
                 ts,
                 self.name,
             )
@@ -146,9 +150,9 @@ class _WindowBase:
                 f"aggregate {self._agg.name!r} of {self.name!r} raised {describe_error(exc)}",
                 batch.topic,
                 batch.partition,
-                batch.offsets[i],
+                batch.raw[i].offset,
                 batch.keys[i],
-                batch.raw[i].value if batch.raw else batch.values[i],
+                batch.raw[i].value,
                 batch.timestamps[i],
                 self.name,
             )
@@ -188,19 +192,14 @@ class _WindowBase:
         return self._timers
 
 
-def _encode_slot(key: tuple[KeyObj, int]) -> bytes:
-    return encode_key(key[0]) + encode_int(key[1])
-
-
-def _decode_slot(raw: bytes) -> tuple[KeyObj, int]:
-    return decode_key(raw[:-8]), decode_int(raw[-8:])
-
-
 class FixedWindowOperator(_WindowBase):
     """Tumbling and sliding windows: every window of a key has its own accumulator.
 
-    State: ``(key, start) -> [acc, emissions, records_since_early]``.
-    Timers: fire at ``end - 1``; cleanup at ``end - 1 + allowed_lateness``.
+    State: a :class:`~evtime.state.windowed.WindowStore` of
+    ``(start, key) -> [acc, emissions, records_since_early]``. Timers: one per
+    window *start*, not per key: fire at ``end - 1`` (every key's window of
+    that start is emitted, in key order) and cleanup at
+    ``end - 1 + allowed_lateness``.
     """
 
     def __init__(self, spec: WindowSpec, db: TaskDB, collector: Collector, clock: Clock):
@@ -209,12 +208,13 @@ class FixedWindowOperator(_WindowBase):
         if not isinstance(assigner, Tumbling | Sliding):
             raise ConfigError(f"window {spec.name!r}: expected a tumbling or sliding assigner")
         self._size: int = assigner.size
-        self._tumbling_offset: int | None = (
-            assigner.offset if isinstance(assigner, Tumbling) else None
-        )
-        self._assigner = assigner
-        self._store = db.store(f"{spec.name}.windows", _encode_slot, _decode_slot)
-        self._touched: set[tuple[KeyObj, int]] = set()
+        self._slide: int = assigner.slide if isinstance(assigner, Sliding) else assigner.size
+        self._offset: int = assigner.offset
+        self._store = WindowStore(db, f"{spec.name}.windows")
+        # Window starts whose fire / cleanup timer is registered in this run.
+        self._fire_starts: set[int] = set()
+        self._cleanup_starts: set[int] = set()
+        self._touched: set[tuple[int, KeyObj]] = set()
         self._next_early: int | None = None
         if spec.early_interval is not None:
             self._next_early = clock.now_ms() + spec.early_interval
@@ -223,94 +223,184 @@ class FixedWindowOperator(_WindowBase):
         keys, values, tss, wms = batch.keys, batch.values, batch.timestamps, batch.watermarks
         wm = max(batch.watermark_before, self._wm)
         size = self._size
+        slide = self._slide
+        tumbling = slide == size and self.spec.early_every is None and not self.spec.early_interval
+        offset = self._offset
         lateness = self._lateness
-        offset = self._tumbling_offset
-        assign = self._assigner.assign
-        get = self._store.get
-        put = self._store.put
+        store = self._store
+        opened = store.open
+        touched_starts = store.touched
+        persisted = store.persisted
         init = self._agg.init
         add = self._agg.add
-        early_every = self.spec.early_every
-        track_touched = self.spec.early_interval is not None
-        touched = self._touched
+        cur_start: int | None = None
+        bucket: dict[KeyObj, list[Any]] = {}
         for i in range(len(tss)):
             ts = tss[i]
-            key = keys[i]
-            if offset is not None:
-                starts: Any = (ts - (ts - offset) % size,)
-            else:
-                starts = [w.start for w in assign(ts)]
-            accepted = False
-            for start in starts:
-                fire_at = start + size - 1
+            last_start = ts - (ts - offset) % slide
+            if tumbling:
+                # The common case, kept lean: one window per record.
+                fire_at = last_start + size - 1
                 if fire_at + lateness <= wm:
-                    continue  # this window is gone
-                slot = (key, start)
-                state = get(slot)
-                try:
-                    if state is None:
-                        state = [add(init(), values[i], ts), 0, 0]
-                        if fire_at > wm:
-                            self._register(fire_at, _payload(_FIRE, start, key))
-                        if lateness:
-                            self._register(fire_at + lateness, _payload(_CLEANUP, start, key))
-                    else:
-                        state[0] = add(state[0], values[i], ts)
-                except Exception as exc:
-                    self._bad_record(batch, i, exc)
-                    accepted = True
-                    break
-                put(slot, state)
-                accepted = True
-                if fire_at <= wm:
-                    self._fire_window(key, start, state)
-                elif early_every is not None:
-                    state[2] += 1
-                    if state[2] >= early_every:
-                        state[2] = 0
-                        self._emit_early(key, start, state)
-                if track_touched:
-                    touched.add(slot)
-            if not accepted and starts:
-                self._late_record(batch, i, wm)
+                    self._late_record(batch, i, wm)
+                elif fire_at <= wm:
+                    self._add_late(batch, i, last_start)
+                else:
+                    if last_start != cur_start:
+                        cur_start = last_start
+                        b = opened.get(last_start)
+                        if b is None:
+                            b = opened[last_start] = {}
+                            if last_start not in self._fire_starts:
+                                self._register_start(last_start, fire_at, wm)
+                        bucket = b
+                        touched_starts.add(last_start)
+                    key = keys[i]
+                    entry = bucket.get(key)
+                    try:
+                        if entry is None:
+                            if last_start in persisted:
+                                entry = store.load(last_start, key)
+                            if entry is None:
+                                bucket[key] = [add(init(), values[i], ts), 0, 0, True]
+                                entry = None
+                            else:
+                                entry[0] = add(entry[0], values[i], ts)
+                                entry[DIRTY] = True
+                        else:
+                            entry[0] = add(entry[0], values[i], ts)
+                            entry[DIRTY] = True
+                    except Exception as exc:
+                        self._bad_record(batch, i, exc)
+            else:
+                self._add_general(batch, i, range(last_start, ts - size, -slide), wm)
             wm = wms[i]
             if wm >= self._next_timer:
                 self._wm = wm
                 self._fire_due(wm)
+                cur_start = None
         if wm > self._wm:
             self._wm = wm
 
-    def _fire_window(self, key: KeyObj, start: int, state: list[Any]) -> None:
-        kind = EmitKind.FINAL if state[1] == 0 else EmitKind.UPDATE
-        state[1] += 1
-        self._emit(WindowResult(key, start, start + self._size, self._agg.result(state[0]), kind))
+    def _add_general(self, batch: Batch, i: int, starts: range, wm: int) -> None:
+        """Sliding windows, early firing: every window of record ``i``."""
+        size = self._size
+        ts = batch.timestamps[i]
+        key = batch.keys[i]
+        value = batch.values[i]
+        store = self._store
+        accepted = False
+        for start in starts:
+            fire_at = start + size - 1
+            if fire_at + self._lateness <= wm:
+                continue  # this window is gone
+            accepted = True
+            bucket = store.bucket(start)
+            store.touched.add(start)
+            entry = bucket.get(key)
+            if entry is None and start in store.persisted:
+                entry = store.load(start, key)
+            try:
+                if entry is None:
+                    entry = bucket[key] = [self._agg.add(self._agg.init(), value, ts), 0, 0, True]
+                    if start not in self._fire_starts:
+                        self._register_start(start, fire_at, wm)
+                else:
+                    entry[0] = self._agg.add(entry[0], value, ts)
+                    entry[DIRTY] = True
+            except Exception as exc:
+                self._bad_record(batch, i, exc)
+                return
+            if fire_at <= wm:
+                self._fire_window(key, start, entry)
+            else:
+                if self.spec.early_every is not None:
+                    entry[2] += 1
+                    if entry[2] >= self.spec.early_every:
+                        entry[2] = 0
+                        self._emit_early(key, start, entry)
+                if self.spec.early_interval is not None:
+                    self._touched.add((start, key))
+        if not accepted and starts:
+            self._late_record(batch, i, wm)
 
-    def _emit_early(self, key: KeyObj, start: int, state: list[Any]) -> None:
+    def _add_late(self, batch: Batch, i: int, start: int) -> None:
+        """A record for a tumbling window that already fired but is kept for lateness."""
+        self._add_general(batch, i, range(start, start - 1, -1), self._wm_before(batch, i))
+
+    @staticmethod
+    def _wm_before(batch: Batch, i: int) -> int:
+        return batch.watermarks[i - 1] if i else batch.watermark_before
+
+    def _register_start(self, start: int, fire_at: int, wm: int) -> None:
+        if fire_at > wm:
+            self._fire_starts.add(start)
+            self._register(fire_at, bytes((_FIRE,)) + encode_int(start))
+        if self._lateness and start not in self._cleanup_starts:
+            self._cleanup_starts.add(start)
+            self._register(fire_at + self._lateness, bytes((_CLEANUP,)) + encode_int(start))
+
+    def _fire_window(self, key: KeyObj, start: int, entry: list[Any]) -> None:
+        kind = EmitKind.FINAL if entry[1] == 0 else EmitKind.UPDATE
+        entry[1] += 1
+        entry[DIRTY] = True
+        self._store.touched.add(start)
+        self._emit(WindowResult(key, start, start + self._size, self._agg.result(entry[0]), kind))
+
+    def _emit_early(self, key: KeyObj, start: int, entry: list[Any]) -> None:
         self._emit(
-            WindowResult(key, start, start + self._size, self._agg.result(state[0]), EmitKind.EARLY)
+            WindowResult(key, start, start + self._size, self._agg.result(entry[0]), EmitKind.EARLY)
         )
 
     def _fire_due(self, watermark: int) -> None:
-        store = self._store
-        keep = self._lateness > 0
         for _ts, payload in self._timers.pop_due(watermark):
-            kind = payload[0]
             start = decode_int(payload[1:9])
-            key = decode_key(payload[9:])
-            slot = (key, start)
-            if kind == _FIRE:
-                state = store.get(slot)
-                if state is None:
-                    continue
-                self._fire_window(key, start, state)
-                if keep:
-                    store.put(slot, state)
-                else:
-                    store.delete(slot)
+            if payload[0] == _FIRE:
+                self._fire_start(start)
             else:
-                store.delete(slot)
-            self._touched.discard(slot)
+                self._cleanup_starts.discard(start)
+                self._forget_start(start)
         self._refresh_next_timer()
+
+    def _fire_start(self, start: int) -> None:
+        """Emit the window ``start`` of every key (the on-time firing), in key order."""
+        self._fire_starts.discard(start)
+        keep = self._lateness > 0
+        entries = self._store.load_all(start)
+        result = self._agg.result
+        fn = self.spec.result_fn
+        bucket = self._collector.bucket(self.spec.output)
+        end = start + self._size
+        ts = end - 1
+        suffix = f"@{start}-{end}"
+        final, update = EmitKind.FINAL, EmitKind.UPDATE
+        for key in _sorted_keys(entries):
+            entry = entries[key]
+            wr = WindowResult(key, start, end, result(entry[0]), final if entry[1] == 0 else update)
+            entry[1] += 1
+            entry[DIRTY] = True
+            self.emitted_count += 1
+            if fn is None:
+                value: Any = wr.to_dict()
+            else:
+                try:
+                    value = fn(wr)
+                except Exception as exc:
+                    self._result_failed(wr, exc)
+                    continue
+                if value is None:
+                    continue
+            wid = key + suffix if type(key) is str else window_id(key, start, end)
+            bucket.append(Output(key, value, ts, wid))
+        if keep:
+            self._store.touched.add(start)
+        else:
+            self._forget_start(start)
+
+    def _forget_start(self, start: int) -> None:
+        self._store.drop(start)
+        if self._touched:
+            self._touched = {slot for slot in self._touched if slot[0] != start}
 
     def on_processing_time(self, now_ms: int) -> None:
         if self._next_early is None or now_ms < self._next_early:
@@ -318,28 +408,33 @@ class FixedWindowOperator(_WindowBase):
         interval = self.spec.early_interval or 1
         self._next_early = now_ms + interval
         touched, self._touched = self._touched, set()
-        for slot in sorted(touched, key=_slot_order):
-            state = self._store.get(slot)
-            if state is None:
+        for start, key in sorted(touched, key=_slot_order):
+            if start + self._size - 1 <= self._wm:
                 continue
-            key, start = slot
-            if start + self._size - 1 > self._wm:
-                self._emit_early(key, start, state)
+            entry = self._store.bucket(start).get(key)
+            if entry is None and start in self._store.persisted:
+                entry = self._store.load(start, key)
+            if entry is not None:
+                self._emit_early(key, start, entry)
 
     def next_processing_time(self) -> int | None:
         return self._next_early
 
     def live_windows(self) -> int:
         """Windows with state (walks RocksDB: for tests and metrics, not the hot path)."""
-        return sum(1 for _ in self._store.items())
+        return self._store.live_count()
 
 
-def _slot_order(slot: tuple[KeyObj, int]) -> tuple[int, bytes]:
-    return slot[1], encode_key(slot[0])
+def _sorted_keys(entries: dict[KeyObj, list[Any]]) -> list[KeyObj]:
+    keys = list(entries)
+    if all(type(k) is str for k in keys):
+        # UTF-8 preserves code point order: the same order as the encoded keys.
+        return sorted(keys)  # type: ignore[type-var]
+    return sorted(keys, key=encode_key)
 
 
-def _payload(kind: int, start: int, key: KeyObj) -> bytes:
-    return bytes((kind,)) + encode_int(start) + encode_key(key)
+def _slot_order(slot: tuple[int, KeyObj]) -> tuple[int, bytes]:
+    return slot[0], encode_key(slot[1])
 
 
 class SessionWindowOperator(_WindowBase):

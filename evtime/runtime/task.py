@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evtime.errors import ConfigError, SerdeError, TimestampError
+from evtime.errors import ConfigError, SerdeError, StateError, TimestampError
 from evtime.operators.base import Collector, Operator, describe_error
 from evtime.operators.process import ProcessOperator, ProcessSpec
 from evtime.operators.window import WindowSpec, make_window_operator
@@ -90,6 +90,7 @@ class PartitionTask:
                 spec.timestamp if isinstance(spec.timestamp, str) else None,
                 by_topic[topic],
             )
+        self._inline_watermarks = len(group) == 1 and self.tracker.strategy.idle_timeout is None
         self.offsets: dict[str, int] = {t: 0 for t in group}
         self.records_in = 0
         self.checkpoints = 0
@@ -132,57 +133,85 @@ class PartitionTask:
         decode = fmt is ValueFormat.JSON or fmt is ValueFormat.TEXT
         kf, tf = inp.key_field, inp.ts_field
         key_of, ts_of = inp.key_of, inp.ts_of
-        on_event = self.tracker.on_event
+        tracker = self.tracker
         wm_partition = inp.wm_partition
         now = self.clock.now_ms()
-        watermark_before = self.tracker.current
-        offsets: list[int] = []
+        watermark_before = tracker.current
+        # One input partition and no idleness: the watermark after each record is
+        # max(previous, ts - delay), computed inline; the tracker sees the batch's
+        # maximum once at the end and must agree.
+        inline = self._inline_watermarks and not tracker.is_ended(wm_partition)
+        delay = tracker.strategy.max_out_of_orderness + 1
+        on_event = tracker.on_event
+        wm = watermark_before
+        max_ts: int | None = None
+        dropped: list[int] = []
         keys: list[KeyObj] = []
         values: list[Any] = []
         timestamps: list[int] = []
         watermarks: list[int] = []
-        kept: list[RawRecord] = []
-        for raw in raws:
+        for n, raw in enumerate(raws):
             value = raw.value
             try:
                 if decode and type(value) is bytes:
                     value = decode_value(value, fmt)
-                key = value[kf] if kf is not None and type(value) is dict and kf in value else None
-                if key is None or type(key) not in (str, int):
+                if type(value) is dict:
+                    key = value.get(kf) if kf is not None else None
+                    ts = value.get(tf) if tf is not None else None
+                else:
+                    key = ts = None
+                if key is None or (type(key) is not str and type(key) is not int):
                     key = key_of(value, raw)
-                ts = value.get(tf) if tf is not None and type(value) is dict else None
                 if type(ts) is not int:
                     ts = ts_of(value, raw)
             except Exception as exc:
                 self._dead(topic, raw, value, exc)
+                dropped.append(n)
                 continue
-            offsets.append(raw.offset)
             keys.append(key)
             values.append(value)
             timestamps.append(ts)
-            kept.append(raw)
-            watermarks.append(on_event(wm_partition, ts, now))
+            if inline:
+                if max_ts is None or ts > max_ts:
+                    max_ts = ts
+                    if ts - delay > wm:
+                        wm = ts - delay
+                watermarks.append(wm)
+            else:
+                watermarks.append(on_event(wm_partition, ts, now))
         self.offsets[topic] = raws[-1].offset + 1
-        self.records_in += len(offsets)
-        if offsets:
-            batch = Batch(
-                topic,
-                self.partition,
-                offsets,
-                keys,
-                values,
-                timestamps,
-                watermarks,
-                watermark_before,
-                kept,
-            )
-            for op in inp.operators:
-                op.process(batch)
-            wm = watermarks[-1]
-            if wm > watermark_before:
-                for op in self.operators:
-                    if op not in inp.operators:
-                        op.on_watermark(wm)
+        if dropped:
+            gone = set(dropped)
+            kept = [raw for n, raw in enumerate(raws) if n not in gone]
+        else:
+            kept = raws if isinstance(raws, list) else list(raws)
+        self.records_in += len(kept)
+        if not kept:
+            return
+        if inline and max_ts is not None:
+            tracked = on_event(wm_partition, max_ts, now)
+            if tracked != watermarks[-1]:
+                raise StateError(
+                    f"watermark mismatch in task {self.group}[{self.partition}]: inline "
+                    f"{watermarks[-1]} vs tracker {tracked}; please report this bug"
+                )
+        batch = Batch(
+            topic,
+            self.partition,
+            kept,
+            keys,
+            values,
+            timestamps,
+            watermarks,
+            watermark_before,
+        )
+        for op in inp.operators:
+            op.process(batch)
+        last = watermarks[-1]
+        if last > watermark_before:
+            for op in self.operators:
+                if op not in inp.operators:
+                    op.on_watermark(last)
 
     def _dead(self, topic: str, raw: RawRecord, value: Any, exc: Exception) -> None:
         if isinstance(exc, TimestampError):

@@ -16,6 +16,17 @@ from rocksdict import ReadOptions, WriteBatch
 from evtime.state.codec import decode_int, encode_int
 from evtime.state.store import TaskDB
 
+_LAST = (1 << 63) - 1  # MAX_TIMESTAMP: nothing can be scheduled after it
+
+
+def _start_after(ts: int | None) -> bytes:
+    """The first key strictly after time ``ts`` (b"" = from the beginning)."""
+    if ts is None:
+        return b""
+    if ts >= _LAST:
+        return b"\xff" * 9
+    return encode_int(ts + 1)
+
 
 class TimerQueue:
     """A set of (time, payload) timers; :meth:`pop_due` returns them in order.
@@ -89,8 +100,8 @@ class TimerQueue:
             self._db_head_valid = False
         if self._scanned_to is None or until > self._scanned_to:
             self._scanned_to = until
-        due.sort()
-        return due
+        # A timer re-registered after a snapshot is both in memory and on disk: fire it once.
+        return sorted(set(due))
 
     def __len__(self) -> int:
         """Number of live timers (walks the persisted ones: not for the hot path)."""
@@ -101,8 +112,8 @@ class TimerQueue:
     def _scan(self, until: int | None) -> list[bytes]:
         ro = ReadOptions()
         if until is not None:
-            ro.set_iterate_upper_bound(encode_int(until + 1) if until < (1 << 63) - 1 else b"\xff" * 9)
-        start = b"" if self._scanned_to is None else encode_int(self._scanned_to + 1)
+            ro.set_iterate_upper_bound(_start_after(until))
+        start = _start_after(self._scanned_to)
         deleted = self._deleted
         return [key for key in self._cf.keys(from_key=start, read_opt=ro) if key not in deleted]
 
@@ -111,7 +122,7 @@ class TimerQueue:
             self._db_head = None
             ro = ReadOptions()
             it = self._cf.iter(ro)
-            start = b"" if self._scanned_to is None else encode_int(self._scanned_to + 1)
+            start = _start_after(self._scanned_to)
             if start:
                 it.seek(start)
             else:

@@ -1,0 +1,168 @@
+"""State of fixed (tumbling, sliding) windows: one small map per window start.
+
+Entries are keyed ``(window start, record key)`` and stored start-first, so
+every key of one window is one contiguous RocksDB range. In memory the cache
+is a map per start, which makes the per-record path two dict lookups and
+lets a fired window be dropped whole: one range deletion in the next
+snapshot instead of a tombstone per key.
+
+A cached entry is a list ``[acc, emissions, records_since_early, dirty]``;
+the first three are what RocksDB stores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rocksdict import ReadOptions, WriteBatch
+
+from evtime.records import KeyObj
+from evtime.state import codec
+from evtime.state.codec import decode_int, decode_key, encode_int, encode_key
+from evtime.state.store import Change, TaskDB
+
+_LAST = (1 << 63) - 1
+DIRTY = 3
+"""Index of the dirty flag in a cached entry."""
+
+
+class WindowStore:
+    """Write-back cache of fixed-window accumulators over one column family."""
+
+    def __init__(self, db: TaskDB, name: str, cache_size: int = 200_000) -> None:
+        self.name = name
+        self.cache_size = cache_size
+        self._db = db
+        self._cf = db._column(name)
+        self.open: dict[int, dict[KeyObj, list[Any]]] = {}
+        """Cached entries by window start (hot path: use directly)."""
+        self.touched: set[int] = set()
+        """Starts with entries written since the last snapshot."""
+        self._dropped: set[int] = set()
+        self.persisted: set[int] = self._scan_starts()
+        """Starts that may have entries in RocksDB (a superset)."""
+        db.register_flusher(self._flush, self._after_commit)
+
+    def _scan_starts(self) -> set[int]:
+        # Skip-scan: one seek per distinct window start.
+        starts: set[int] = set()
+        it = self._cf.iter()
+        it.seek_to_first()
+        while it.valid():
+            start = decode_int(it.key()[:8])
+            starts.add(start)
+            if start >= _LAST:
+                break
+            it.seek(encode_int(start + 1))
+        del it
+        return starts
+
+    def bucket(self, start: int) -> dict[KeyObj, list[Any]]:
+        """The cached entries of ``start`` (created empty if needed)."""
+        entries = self.open.get(start)
+        if entries is None:
+            entries = self.open[start] = {}
+        return entries
+
+    def load(self, start: int, key: KeyObj) -> list[Any] | None:
+        """Read one entry from RocksDB into the cache (for a start in :attr:`persisted`)."""
+        raw = self._cf.get(encode_int(start) + encode_key(key))
+        if raw is None:
+            return None
+        entry: list[Any] = codec.loads(raw)
+        entry.append(False)
+        self.bucket(start)[key] = entry
+        return entry
+
+    def load_all(self, start: int) -> dict[KeyObj, list[Any]]:
+        """Every entry of ``start``: the cache's, completed from RocksDB."""
+        entries = self.bucket(start)
+        if start in self.persisted:
+            prefix = encode_int(start)
+            ro = ReadOptions()
+            ro.set_iterate_upper_bound(_after(start))
+            for raw_key, raw in self._cf.items(from_key=prefix, read_opt=ro):
+                key = decode_key(raw_key[8:])
+                if key not in entries:
+                    entry: list[Any] = codec.loads(raw)
+                    entry.append(False)
+                    entries[key] = entry
+        return entries
+
+    def drop(self, start: int) -> None:
+        """Forget every entry of ``start`` (removed from RocksDB by the next snapshot)."""
+        self.open.pop(start, None)
+        self.touched.discard(start)
+        if start in self.persisted:
+            self._dropped.add(start)
+            self.persisted.discard(start)
+
+    # -- snapshot -----------------------------------------------------------------
+    def _flush(self, batch: WriteBatch) -> tuple[int, int, int]:
+        handle = self._db._handle(self.name)
+        changes = self._db._changes
+        puts = deletes = size = 0
+        for start in self._dropped:
+            if changes is not None:
+                # A changelog has no range deletion: name every key.
+                prefix = encode_int(start)
+                ro = ReadOptions()
+                ro.set_iterate_upper_bound(_after(start))
+                for raw_key in self._cf.keys(from_key=prefix, read_opt=ro):
+                    changes.append(Change(self.name, raw_key, None))
+            batch.delete_range(encode_int(start), _after(start), handle)
+            deletes += 1
+        for start in self.touched:
+            entries = self.open.get(start)
+            if not entries:
+                continue
+            prefix = encode_int(start)
+            for key, entry in entries.items():
+                if entry[DIRTY]:
+                    raw_key = prefix + encode_key(key)
+                    raw = codec.dumps(entry[:DIRTY])
+                    batch.put(raw_key, raw, handle)
+                    if changes is not None:
+                        changes.append(Change(self.name, raw_key, raw))
+                    puts += 1
+                    size += len(raw_key) + len(raw)
+        return puts, deletes, size
+
+    def _after_commit(self) -> None:
+        for start in self.touched:
+            entries = self.open.get(start)
+            if entries:
+                for entry in entries.values():
+                    entry[DIRTY] = False
+                self.persisted.add(start)
+        self.touched.clear()
+        self._dropped.clear()
+        excess = self.cached_count - self.cache_size
+        if excess > 0:
+            # Everything is clean now: evict whole starts, newest first (the oldest
+            # fire next and are cheaper to keep than to read back).
+            for start in sorted(self.open, reverse=True):
+                excess -= len(self.open.pop(start))
+                if excess <= 0:
+                    break
+
+    @property
+    def cached_count(self) -> int:
+        """Entries held in memory."""
+        return sum(len(e) for e in self.open.values())
+
+    def count_persisted(self) -> int:
+        """Keys in RocksDB (walks the column family: for tests and metrics)."""
+        return sum(1 for _ in self._cf.keys())
+
+    def live_count(self) -> int:
+        """Live windows: cached ones plus persisted ones not cached (walks RocksDB)."""
+        total = 0
+        for start in set(self.open) | self.persisted:
+            total += len(self.load_all(start)) if start in self.persisted else len(self.open[start])
+        return total
+
+
+def _after(start: int) -> bytes:
+    """The first key after every key of ``start``."""
+    return encode_int(start + 1) if start < _LAST else b"\xff" * 9
