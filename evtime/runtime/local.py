@@ -16,6 +16,7 @@ from evtime.errors import ConfigError
 from evtime.io import DeadLetterSink, LocalSource, Sink
 from evtime.plan import Plan
 from evtime.records import DeadLetter, Output
+from evtime.runtime.gc import tune_gc
 from evtime.runtime.task import PartitionTask
 from evtime.time import Clock, SystemClock
 
@@ -115,6 +116,7 @@ class LocalRunner:
 
     async def run(self, *, poll_interval: float = 0.05) -> None:
         """Run until every bounded source ended (forever for unbounded ones), then checkpoint."""
+        tune_gc()
         self.open()
         try:
             while not self.finished:
