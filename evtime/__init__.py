@@ -9,7 +9,7 @@ from __future__ import annotations
 from evtime.aggregates import Collect, Count, Custom, First, Last, Max, Mean, Min, Multi, Sum
 from evtime.app import App, ProcessFunction, SourceRef
 from evtime.errors import ConfigError, EvtimeError, SerdeError, StateError, TimestampError
-from evtime.operators.process import ProcessContext, Timer, TimeDomain
+from evtime.operators.process import ProcessContext, TimeDomain, Timer
 from evtime.records import (
     DeadLetter,
     DeadLetterReason,
@@ -51,10 +51,11 @@ __all__ = [
     "Sliding",
     "SourceRef",
     "StateError",
+    "Sum",
     "SystemClock",
     "TimeDomain",
-    "TimestampError",
     "Timer",
+    "TimestampError",
     "Tumbling",
     "WindowResult",
     "__version__",

@@ -12,6 +12,8 @@ Contract for callers (the window operator):
 * ``init()`` returns a fresh accumulator every call;
 * ``add`` and ``merge`` may mutate an accumulator passed in and return it, or
   return a new one: always use the return value, never the argument afterwards;
+* ``result`` returns a value that shares no mutable part with the accumulator,
+  so an emitted result never changes when the window keeps growing;
 * ``add`` runs once per record per window: the built-ins resolve their field
   selector once, in ``__init__``, and do no type checks per call.
 
@@ -25,6 +27,7 @@ Contract for callers (the window operator):
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Mapping
 from operator import itemgetter
@@ -89,6 +92,11 @@ class Aggregate(Protocol[A, R_co]):
 
 def _identity(value: Any) -> Any:
     return value
+
+
+def _detached(acc: Any) -> Any:
+    """The accumulator itself if immutable, else a deep copy (the default ``result``)."""
+    return copy.deepcopy(acc) if isinstance(acc, list | dict) else acc
 
 
 def _getter(field: Field, kind: str) -> Callable[[Any], Any]:
@@ -396,8 +404,8 @@ class Collect(_Selecting):
         return a + b
 
     def result(self, acc: list[Any]) -> list[Any]:
-        """The list (the accumulator itself, not a copy)."""
-        return acc
+        """A copy of the list: emitted results must not change when the window grows."""
+        return acc.copy()
 
 
 class Multi:
@@ -469,8 +477,10 @@ class Custom(Generic[A, R]):
     """An aggregate made of user functions (Flink's ``AggregateFunction`` as callables).
 
     ``add(acc, value)`` gets the record's value without its timestamp; pass
-    ``takes_ts=True`` for an ``add(acc, value, ts)``. ``result`` defaults to
-    returning the accumulator. The accumulator must round-trip through orjson:
+    ``takes_ts=True`` for an ``add(acc, value, ts)``. ``result`` defaults to a
+    deep copy of the accumulator (so emitted results never alias state that
+    ``add`` may mutate later); a user ``result`` must not return mutable parts
+    of the accumulator either. The accumulator must round-trip through orjson:
     use lists and str-keyed dicts, not tuples or sets.
 
     >>> longest = Custom(
@@ -491,7 +501,7 @@ class Custom(Generic[A, R]):
         init: Callable[[], A],
         add: Callable[..., A],
         merge: Callable[[A, A], A],
-        result: Callable[[A], R] = _identity,
+        result: Callable[[A], R] = _detached,
         *,
         name: str = "custom",
         takes_ts: bool = False,
@@ -560,7 +570,8 @@ def as_aggregate(obj: Any) -> Aggregate[Any, Any]:
     """Accept a built-in aggregate, or any object with ``init``, ``add`` and ``merge`` methods.
 
     A user object's ``add`` may take ``(acc, value)`` or ``(acc, value, ts)``
-    (decided once, from its signature); ``result`` is optional (identity), and
+    (decided once, from its signature); ``result`` is optional (a copy of the
+    accumulator, as in :class:`Custom`), and
     ``name`` defaults to the class name. ``merge`` is required because session
     windows merge accumulators.
 
@@ -598,7 +609,7 @@ def as_aggregate(obj: Any) -> Aggregate[Any, Any]:
         obj.init,
         add,
         obj.merge,
-        result if callable(result) else _identity,
+        result if callable(result) else _detached,
         name=name,
         takes_ts=takes_ts,
     )

@@ -65,7 +65,9 @@ class ProcessFunction:
     def __call__(self, record: Record, ctx: ProcessContext) -> Any:
         return self.spec.fn(record, ctx)
 
-    def on_timer(self, fn: Callable[[Timer, ProcessContext], Any]) -> Callable[[Timer, ProcessContext], Any]:
+    def on_timer(
+        self, fn: Callable[[Timer, ProcessContext], Any]
+    ) -> Callable[[Timer, ProcessContext], Any]:
         """Register ``fn(timer, ctx)``, called when a timer of this function fires."""
         self._app._replace_operator(self.spec, _with_timer(self.spec, fn))
         self.spec = _with_timer(self.spec, fn)
@@ -211,7 +213,7 @@ class App:
                 self.plan.sinks[late_id] = late
             return fn  # type: ignore[return-value]
 
-        return register  # type: ignore[return-value]
+        return register
 
     def process(
         self,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -85,7 +85,7 @@ def _record_key(value: Any, raw: RawRecord) -> KeyObj:
 
 def _as_key(key: Any) -> KeyObj:
     if key is None or isinstance(key, str | bytes):
-        return key  # type: ignore[no-any-return]
+        return key
     if isinstance(key, int) and not isinstance(key, bool):
         return key
     if isinstance(key, float | bool):
@@ -162,5 +162,5 @@ def coerce_timestamp(ts: Any, what: str = "timestamp") -> int:
 
 def _datetime_ms(dt: datetime) -> int:
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)

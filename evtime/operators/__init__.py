@@ -1,7 +1,7 @@
 """Stateful operators: window aggregation, keyed process functions."""
 
 from evtime.operators.base import Collector, Operator
-from evtime.operators.process import ProcessContext, ProcessSpec, Timer, TimeDomain
+from evtime.operators.process import ProcessContext, ProcessSpec, TimeDomain, Timer
 from evtime.operators.window import WindowSpec, make_window_operator
 
 __all__ = [

@@ -31,8 +31,8 @@ from evtime.records import (
     window_id,
 )
 from evtime.state import TaskDB, TimerQueue
-from evtime.state.windowed import DIRTY, WindowStore
 from evtime.state.codec import decode_int, decode_key, encode_int, encode_key
+from evtime.state.windowed import DIRTY, WindowStore
 from evtime.time import MAX_TIMESTAMP, MIN_TIMESTAMP, Clock
 from evtime.windows import Session, Sliding, Tumbling, WindowAssigner
 
@@ -103,7 +103,7 @@ class _WindowBase:
                 return
         self._collector.emit(
             self.spec.output,
-            Output(result.key, value, result.end - 1, window_id(result.key, result.start, result.end)),
+            Output(result.key, value, result.end - 1, result.id),
         )
 
     def _result_failed(self, result: WindowResult, exc: Exception) -> None:
@@ -376,7 +376,8 @@ class FixedWindowOperator(_WindowBase):
         final, update = EmitKind.FINAL, EmitKind.UPDATE
         for key in _sorted_keys(entries):
             entry = entries[key]
-            wr = WindowResult(key, start, end, result(entry[0]), final if entry[1] == 0 else update)
+            kind = final if entry[1] == 0 else update
+            wr = WindowResult(key, start, end, result(entry[0]), kind)
             entry[1] += 1
             entry[DIRTY] = True
             self.emitted_count += 1
@@ -441,9 +442,11 @@ class SessionWindowOperator(_WindowBase):
     """Session windows: a record opens [ts, ts + gap) and merges every session it touches.
 
     State: ``key -> [[start, end, acc, emissions, [replaced ids]], ...]``
-    (the key's live sessions, pairwise apart). Two windows merge when they
+    (the key's live sessions, pairwise apart; ``emissions`` counts results
+    emitted under the session's own id). Two windows merge when they
     intersect or touch, as in Flink. A merged session that absorbed an
-    already emitted one is emitted as an UPDATE naming the ids it replaces.
+    already emitted one is emitted as an UPDATE naming the ids it replaces
+    (only ids that were emitted). Accumulators merge in start order.
     """
 
     def __init__(self, spec: WindowSpec, db: TaskDB, collector: Collector, clock: Clock):
@@ -471,19 +474,25 @@ class SessionWindowOperator(_WindowBase):
                 self._late_record(batch, i, wm)
             else:
                 try:
-                    acc = agg.add(agg.init(), values[i], ts)
-                    emissions = 0
+                    own = agg.add(agg.init(), values[i], ts)
+                    # Absorbed sessions in start order, then the record (Collect: by time).
+                    acc = None
                     replaced: list[str] = []
                     for s in absorbed:
-                        acc = agg.merge(s[2], acc)
+                        acc = s[2] if acc is None else agg.merge(acc, s[2])
                         start = min(start, s[0])
                         end = max(end, s[1])
-                        emissions += s[3]
                         replaced.extend(s[4])
+                    acc = own if acc is None else agg.merge(acc, own)
                 except Exception as exc:
                     self._bad_record(batch, i, exc)
                 else:
+                    # s[3] counts emissions under s's own id: only a session with the same
+                    # bounds carries them over; an emitted one with other bounds is replaced.
+                    emissions = 0
                     for s in absorbed:
+                        if (s[0], s[1]) == (start, end):
+                            emissions += s[3]
                         sessions.remove(s)
                         self._drop_timers(key, s[0], s[1])
                         if s[3] and (s[0], s[1]) != (start, end):

@@ -83,7 +83,7 @@ class LocalRunner:
         now = self.clock.now_ms()
         for task in self.tasks:
             nxt = task.next_tick()
-            if nxt is not None and nxt <= now or task.tracker.strategy.idle_timeout is not None:
+            if (nxt is not None and nxt <= now) or task.tracker.strategy.idle_timeout is not None:
                 task.tick(now)
                 await self._deliver(task)
         if (

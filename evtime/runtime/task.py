@@ -13,7 +13,7 @@ from typing import Any
 
 from evtime.errors import ConfigError, SerdeError, StateError, TimestampError
 from evtime.operators.base import Collector, Operator, describe_error
-from evtime.operators.process import ProcessOperator, ProcessSpec
+from evtime.operators.process import ProcessOperator
 from evtime.operators.window import WindowSpec, make_window_operator
 from evtime.plan import Plan, SourceSpec
 from evtime.records import Batch, DeadLetter, DeadLetterReason, KeyObj, Output, RawRecord
@@ -67,16 +67,14 @@ class PartitionTask:
         self.collector = Collector(plan.policy)
         self.operators: list[Operator] = []
         by_topic: dict[str, list[Operator]] = {t: [] for t in group}
-        for spec in plan.operators_of(group):
+        for op_spec in plan.operators_of(group):
             op: Operator
-            if isinstance(spec, WindowSpec):
-                op = make_window_operator(spec, self.db, self.collector, clock)
-            elif isinstance(spec, ProcessSpec):
-                op = ProcessOperator(spec, self.db, self.collector, clock)
-            else:  # pragma: no cover - the plan only holds these
-                raise ConfigError(f"unknown operator {spec!r}")
+            if isinstance(op_spec, WindowSpec):
+                op = make_window_operator(op_spec, self.db, self.collector, clock)
+            else:
+                op = ProcessOperator(op_spec, self.db, self.collector, clock)
             self.operators.append(op)
-            by_topic[spec.source].append(op)
+            by_topic[op_spec.source].append(op)
         self.tracker = WatermarkTracker(strategies.pop(), [(t, partition) for t in group])
         self.inputs: dict[str, _Input] = {}
         for topic in group:

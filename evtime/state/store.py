@@ -15,9 +15,9 @@ import shutil
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
-from rocksdict import Options, ReadOptions, Rdict, WriteBatch, WriteOptions
+from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from evtime.errors import StateError
 from evtime.state import codec
@@ -170,7 +170,7 @@ class KeyValueStore(Generic[K]):
             value = self._cache[key]
             if value is not _ABSENT:
                 yield key, value
-        for raw_key, raw in self._cf.items():
+        for raw_key, raw in raw_items(self._cf):
             key = self.decode(raw_key)
             if key in seen:
                 continue
@@ -184,7 +184,7 @@ class KeyValueStore(Generic[K]):
         upper = _prefix_upper_bound(prefix)
         if upper is not None:
             ro.set_iterate_upper_bound(upper)
-        for raw_key, raw in self._cf.items(from_key=prefix, read_opt=ro):
+        for raw_key, raw in raw_items(self._cf, prefix, ro):
             if not raw_key.startswith(prefix):
                 break
             found[raw_key] = raw
@@ -207,6 +207,26 @@ class KeyValueStore(Generic[K]):
     def count_persisted(self) -> int:
         """Number of keys in RocksDB (exact; walks the column family)."""
         return sum(1 for _ in self._cf.keys())
+
+
+def raw_items(
+    cf: Rdict, from_key: bytes = b"", read_opt: ReadOptions | None = None
+) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) pairs of a raw-mode column family, from ``from_key`` on."""
+    items = cf.items(from_key=from_key, read_opt=read_opt) if read_opt else cf.items(
+        from_key=from_key
+    )
+    return cast(Iterator[tuple[bytes, bytes]], items)
+
+
+def raw_keys(
+    cf: Rdict, from_key: bytes = b"", read_opt: ReadOptions | None = None
+) -> Iterator[bytes]:
+    """Keys of a raw-mode column family, from ``from_key`` on."""
+    keys = cf.keys(from_key=from_key, read_opt=read_opt) if read_opt else cf.keys(
+        from_key=from_key
+    )
+    return cast(Iterator[bytes], keys)
 
 
 def _prefix_upper_bound(prefix: bytes) -> bytes | None:

@@ -14,7 +14,7 @@ from typing import Any
 from rocksdict import ReadOptions, WriteBatch
 
 from evtime.state.codec import decode_int, encode_int
-from evtime.state.store import TaskDB
+from evtime.state.store import TaskDB, raw_keys
 
 _LAST = (1 << 63) - 1  # MAX_TIMESTAMP: nothing can be scheduled after it
 
@@ -115,7 +115,7 @@ class TimerQueue:
             ro.set_iterate_upper_bound(_start_after(until))
         start = _start_after(self._scanned_to)
         deleted = self._deleted
-        return [key for key in self._cf.keys(from_key=start, read_opt=ro) if key not in deleted]
+        return [key for key in raw_keys(self._cf, start, ro) if key not in deleted]
 
     def _persisted_head(self) -> int | None:
         if not self._db_head_valid:

@@ -19,7 +19,7 @@ from rocksdict import ReadOptions, WriteBatch
 from evtime.records import KeyObj
 from evtime.state import codec
 from evtime.state.codec import decode_int, decode_key, encode_int, encode_key
-from evtime.state.store import Change, TaskDB
+from evtime.state.store import Change, TaskDB, raw_items, raw_keys
 
 _LAST = (1 << 63) - 1
 DIRTY = 3
@@ -81,7 +81,7 @@ class WindowStore:
             prefix = encode_int(start)
             ro = ReadOptions()
             ro.set_iterate_upper_bound(_after(start))
-            for raw_key, raw in self._cf.items(from_key=prefix, read_opt=ro):
+            for raw_key, raw in raw_items(self._cf, prefix, ro):
                 key = decode_key(raw_key[8:])
                 if key not in entries:
                     entry: list[Any] = codec.loads(raw)
@@ -108,7 +108,7 @@ class WindowStore:
                 prefix = encode_int(start)
                 ro = ReadOptions()
                 ro.set_iterate_upper_bound(_after(start))
-                for raw_key in self._cf.keys(from_key=prefix, read_opt=ro):
+                for raw_key in raw_keys(self._cf, prefix, ro):
                     changes.append(Change(self.name, raw_key, None))
             batch.delete_range(encode_int(start), _after(start), handle)
             deletes += 1

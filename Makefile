@@ -1,0 +1,47 @@
+# The two commands of the README, and their parts.
+#   make demo   set everything up and run the demo
+#   make test   set everything up, start Kafka + OpenSearch, run the whole suite, stop them
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test check unit lint services-up services-down bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/evtime demo
+
+# Services are stopped again whatever the suite's outcome.
+test: $(STAMP)
+	@set -u; \
+	trap '$(BIN)/evtime services down' EXIT; \
+	$(BIN)/evtime services up && $(MAKE) --no-print-directory check
+
+check: lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check evtime connectors tests bench examples
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+
+services-up: $(STAMP)
+	$(BIN)/evtime services up
+
+services-down: $(STAMP)
+	$(BIN)/evtime services down
+
+bench: $(STAMP)
+	$(BIN)/python bench/local_window.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

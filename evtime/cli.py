@@ -1,0 +1,122 @@
+"""The ``evtime`` command: run | worker | demo | services."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from evtime.errors import ConfigError, EvtimeError
+
+
+def load_app(target: str) -> Any:
+    """Import ``module:attribute`` (or ``path/to/file.py:attribute``) and return the App."""
+    from evtime.app import App
+
+    module_name, _, attr = target.partition(":")
+    attr = attr or "app"
+    if module_name.endswith(".py"):
+        path = Path(module_name).resolve()
+        if not path.is_file():
+            raise ConfigError(f"no such file {module_name}")
+        sys.path.insert(0, str(path.parent))
+        module_name = path.stem
+    else:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"cannot import {module_name!r}: {exc}; give MODULE:APP (e.g. myjob:app) or "
+            "path/to/job.py:app"
+        ) from exc
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise ConfigError(
+            f"{module_name}:{attr} is {type(app).__name__}, not an evtime App; point at the "
+            "variable holding App(...)"
+        )
+    return app
+
+
+def _run(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    if args.state_dir:
+        app.plan.state_dir = Path(args.state_dir)
+    app.run()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from evtime.demo import main as demo_main
+
+    return demo_main(list(args.rest))
+
+
+def _services(args: argparse.Namespace) -> int:
+    from evtime.services import cli_main
+
+    return cli_main(list(args.rest))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evtime",
+        description="Event-time stream processing for Python on Kafka.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an app until its bounded input ends (local sources)")
+    run.add_argument("app", help="MODULE:APP or path/to/job.py:APP")
+    run.add_argument("--state-dir", help="override the app's state_dir")
+    run.set_defaults(func=_run)
+
+    worker = sub.add_parser("worker", help="run an app as a long-running worker")
+    worker.add_argument("app", help="MODULE:APP or path/to/job.py:APP")
+    worker.add_argument("--state-dir", help="override the app's state_dir")
+    worker.set_defaults(func=_run)
+
+    demo = sub.add_parser("demo", help="generate a stream and run the demo pipeline on it")
+    demo.add_argument("rest", nargs=argparse.REMAINDER, help="options of the demo (--help)")
+    demo.set_defaults(func=_demo)
+
+    services = sub.add_parser(
+        "services", help="start/stop/check the local Kafka and OpenSearch (up | down | status)"
+    )
+    services.add_argument("rest", nargs=argparse.REMAINDER, help="up | down | status [names]")
+    services.set_defaults(func=_services)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``evtime`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    # `demo` and `services` parse their own options.
+    parser = build_parser()
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and argv[first] in ("demo", "services"):
+        args = parser.parse_args(argv[: first + 1])
+        args.rest = argv[first + 1 :]
+    else:
+        args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except EvtimeError as exc:
+        print(f"evtime: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
