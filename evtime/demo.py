@@ -84,7 +84,7 @@ def generate(
         p = partition_for(event["user"], partitions)
         roll = rng.random()
         if roll < 0.0005:
-            files[p].write(b'{"user": "' + event["user"].encode() + b'", "ts": \n')
+            files[p].write(b'{"user": "' + str(event["user"]).encode() + b'", "ts": \n')
             malformed += 1
         elif roll < 0.001:
             broken = dict(event, ts="yesterday")
