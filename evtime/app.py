@@ -271,9 +271,26 @@ class App:
 
         return LocalRunner(self.plan, clock=self.clock)
 
+    def worker(self, **options: Any) -> Any:
+        """A :class:`~evtime.runtime.worker.Worker` running the app on its Kafka topics."""
+        from evtime.runtime.worker import Worker
+
+        return Worker(self.plan, clock=self.clock, **options)
+
+    @property
+    def on_kafka(self) -> bool:
+        """Whether the app's sources are consumer-group (Kafka) sources."""
+        from evtime.io import GroupSourceFactory
+
+        return any(isinstance(s.connector, GroupSourceFactory) for s in self.plan.sources.values())
+
     async def run_async(self) -> None:
-        """Run until every bounded source is exhausted (or forever), then checkpoint."""
-        await self.runner().run()
+        """Run: on Kafka until stopped (SIGTERM / SIGINT); on local sources until every
+        bounded source is exhausted. Either way the last act is a checkpoint."""
+        if self.on_kafka:
+            await self.worker().run()
+        else:
+            await self.runner().run()
 
     def run(self) -> None:
         """Blocking :meth:`run_async`."""

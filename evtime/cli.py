@@ -47,6 +47,8 @@ def _run(args: argparse.Namespace) -> int:
     app = load_app(args.app)
     if args.state_dir:
         app.plan.state_dir = Path(args.state_dir)
+    if getattr(args, "instance_id", None):
+        os.environ["EVTIME_INSTANCE_ID"] = args.instance_id
     app.run()
     return 0
 
@@ -79,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run an app as a long-running worker")
     worker.add_argument("app", help="MODULE:APP or path/to/job.py:APP")
     worker.add_argument("--state-dir", help="override the app's state_dir")
+    worker.add_argument(
+        "--instance-id",
+        help="stable id of this worker in the consumer group (static membership: a restart "
+        "takes its partitions back at once); default $EVTIME_INSTANCE_ID",
+    )
     worker.set_defaults(func=_run)
 
     demo = sub.add_parser("demo", help="generate a stream and run the demo pipeline on it")

@@ -18,6 +18,10 @@ class SerdeError(EvtimeError):
     """A record could not be decoded or encoded."""
 
 
+class KeyExtractionError(SerdeError):
+    """A record's key could not be extracted."""
+
+
 class TimestampError(EvtimeError):
     """A record has no usable event timestamp."""
 

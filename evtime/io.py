@@ -51,3 +51,58 @@ class DeadLetterSink(Protocol):
     async def flush(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+TopicPartition = tuple[str, int]
+
+
+@runtime_checkable
+class GroupSource(Protocol):
+    """A consumer-group source (Kafka): partitions are assigned by the group.
+
+    The worker starts it with callbacks run on every rebalance: ``on_revoked``
+    before partitions are taken away (the worker checkpoints them), and
+    ``on_assigned`` after new ones arrive (the worker opens their tasks and
+    returns the offset to start each partition from).
+    """
+
+    async def start(
+        self,
+        on_assigned: AssignCallback,
+        on_revoked: RevokeCallback,
+    ) -> None: ...
+
+    async def poll(
+        self, timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[RawRecord]]: ...
+
+    async def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """The group's committed next offsets (partitions without a commit are absent)."""
+        ...
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class AssignCallback(Protocol):
+    async def __call__(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]: ...
+
+
+class RevokeCallback(Protocol):
+    async def __call__(self, partitions: list[TopicPartition]) -> None: ...
+
+
+@runtime_checkable
+class GroupSourceFactory(Protocol):
+    """A source declaration that can open the consumer group reading it (and its co-topics)."""
+
+    topic: str
+
+    def group_source(
+        self, group_id: str, topics: Sequence[str], instance_id: str | None = None
+    ) -> GroupSource: ...

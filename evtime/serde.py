@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from evtime.errors import ConfigError, SerdeError, TimestampError
+from evtime.errors import ConfigError, KeyExtractionError, SerdeError, TimestampError
 from evtime.records import KeyObj, RawRecord
 
 
@@ -60,7 +60,7 @@ def key_getter(spec: KeySpec) -> Callable[[Any, RawRecord], KeyObj]:
             try:
                 return _as_key(value[field])
             except (KeyError, TypeError, IndexError) as exc:
-                raise SerdeError(f"key field {field!r} is missing from the value") from exc
+                raise KeyExtractionError(f"key field {field!r} is missing from the value") from exc
 
         return by_field
     if callable(spec):
@@ -90,7 +90,7 @@ def _as_key(key: Any) -> KeyObj:
         return key
     if isinstance(key, float | bool):
         return str(key)
-    raise SerdeError(
+    raise KeyExtractionError(
         f"key {key!r} has type {type(key).__name__}; keys must be str, bytes or int: "
         "give the source a key= function that returns one"
     )

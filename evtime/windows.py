@@ -15,7 +15,7 @@ A window fires when the watermark reaches :attr:`Window.max_timestamp`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True, order=True, init=False)
 class Window:
     """The event-time interval ``[start, end)`` in ms.
 
@@ -53,12 +53,17 @@ class Window:
     start: int
     end: int
 
-    def __post_init__(self) -> None:
-        if self.end <= self.start:
+    def __init__(self, start: int, end: int) -> None:
+        """The window ``[start, end)``; ``end`` must be greater than ``start``."""
+        if end <= start:
             raise ConfigError(
-                f"invalid window [{self.start}, {self.end}): end must be greater than start; "
+                f"invalid window [{start}, {end}): end must be greater than start; "
                 "windows are half-open intervals [start, end)"
             )
+        # Assigners build windows per record: the slot descriptors set the fields
+        # in half the time of the frozen dataclass's object.__setattr__ calls.
+        _set_start(self, start)
+        _set_end(self, end)
 
     @property
     def max_timestamp(self) -> int:
@@ -108,6 +113,10 @@ class Window:
 
     def __str__(self) -> str:
         return f"[{self.start}, {self.end})"
+
+
+_set_start: Callable[[Window, int], None] = Window.__dict__["start"].__set__
+_set_end: Callable[[Window, int], None] = Window.__dict__["end"].__set__
 
 
 @runtime_checkable

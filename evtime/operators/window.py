@@ -470,7 +470,7 @@ class SessionWindowOperator(_WindowBase):
             start, end = ts, ts + gap
             sessions: list[list[Any]] = get(key) or []
             absorbed = [s for s in sessions if s[0] <= end and s[1] >= start]
-            if not absorbed and end - 1 + lateness <= wm:
+            if not absorbed and end - 1 + lateness < wm:
                 self._late_record(batch, i, wm)
             else:
                 try:

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evtime.errors import ConfigError, SerdeError, StateError, TimestampError
+from evtime.errors import (
+    ConfigError,
+    KeyExtractionError,
+    SerdeError,
+    StateError,
+    TimestampError,
+)
 from evtime.operators.base import Collector, Operator, describe_error
 from evtime.operators.process import ProcessOperator
 from evtime.operators.window import WindowSpec, make_window_operator
@@ -214,7 +220,7 @@ class PartitionTask:
     def _dead(self, topic: str, raw: RawRecord, value: Any, exc: Exception) -> None:
         if isinstance(exc, TimestampError):
             reason = DeadLetterReason.TIMESTAMP
-        elif isinstance(exc, SerdeError) and "key" in str(exc):
+        elif isinstance(exc, KeyExtractionError):
             reason = DeadLetterReason.KEY
         elif isinstance(exc, SerdeError):
             reason = DeadLetterReason.DECODE

@@ -1,0 +1,267 @@
+"""Kafka sources and sinks on aiokafka.
+
+``KafkaSource`` declares a topic; the worker asks it for the consumer group
+that reads every Kafka topic of the app (one consumer per worker process, the
+range assignor so that partition ``p`` of co-partitioned topics lands in the
+same worker). ``KafkaSink`` produces results with an idempotent producer and
+waits for every acknowledgement at ``flush`` (the first step of a checkpoint).
+``KafkaDeadLetterSink`` writes bad records with their original bytes and the
+reason in headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    RebalanceInProgressError,
+)
+
+from evtime.errors import ConfigError
+from evtime.io import AssignCallback, RevokeCallback
+from evtime.io import TopicPartition as TP
+from evtime.records import DeadLetter, Output, RawRecord
+
+log = logging.getLogger("evtime.kafka")
+
+
+def default_bootstrap() -> str:
+    """``EVTIME_KAFKA_BOOTSTRAP``, or the broker `evtime services up` starts."""
+    return os.environ.get("EVTIME_KAFKA_BOOTSTRAP") or (
+        f"127.0.0.1:{os.environ.get('EVTIME_KAFKA_PORT', '9092')}"
+    )
+
+
+@dataclass(frozen=True)
+class KafkaSource:
+    """A Kafka topic as an app input.
+
+    ``bootstrap`` defaults to ``EVTIME_KAFKA_BOOTSTRAP`` (else 127.0.0.1:9092);
+    ``consumer_config`` passes further aiokafka consumer settings.
+    """
+
+    topic: str
+    bootstrap: str = field(default_factory=default_bootstrap)
+    consumer_config: dict[str, Any] = field(default_factory=dict)
+
+    def group_source(
+        self, group_id: str, topics: Sequence[str], instance_id: str | None = None
+    ) -> KafkaGroupSource:
+        """The consumer group reading ``topics``; ``instance_id`` makes the member static
+        (a restarted worker takes its partitions back without a rebalance)."""
+        config = dict(self.consumer_config)
+        if instance_id:
+            config.setdefault("group_instance_id", instance_id)
+        return KafkaGroupSource(self.bootstrap, group_id, list(topics), config)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: KafkaGroupSource) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._owner._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._owner._assigned(assigned)
+
+
+class KafkaGroupSource:
+    """One aiokafka consumer in a group, subscribed to the app's topics.
+
+    Offsets are committed only by the worker (auto-commit is off): a record's
+    offset is committed after the snapshot that includes its effects.
+    """
+
+    def __init__(
+        self, bootstrap: str, group_id: str, topics: list[str], config: dict[str, Any]
+    ) -> None:
+        settings: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "partition_assignment_strategy": (RangePartitionAssignor,),
+            "max_partition_fetch_bytes": 4 * 1024 * 1024,
+            "fetch_max_wait_ms": 100,
+            "session_timeout_ms": 15_000,
+            "heartbeat_interval_ms": 3_000,
+            "isolation_level": "read_committed",
+        }
+        settings.update(config)
+        self._settings = settings
+        self._topics = topics
+        self._consumer: AIOKafkaConsumer | None = None
+        self._on_assigned: AssignCallback | None = None
+        self._on_revoked: RevokeCallback | None = None
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise ConfigError("the Kafka source is not started")
+        return self._consumer
+
+    async def start(self, on_assigned: AssignCallback, on_revoked: RevokeCallback) -> None:
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._consumer = AIOKafkaConsumer(**self._settings)
+        await self._consumer.start()
+        self._consumer.subscribe(self._topics, listener=_Listener(self))
+
+    async def _revoked(self, revoked: list[TopicPartition]) -> None:
+        if self._on_revoked is not None and revoked:
+            await self._on_revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    async def _assigned(self, assigned: list[TopicPartition]) -> None:
+        if self._on_assigned is None or not assigned:
+            return
+        starts = await self._on_assigned([(tp.topic, tp.partition) for tp in assigned])
+        for (topic, partition), offset in starts.items():
+            self.consumer.seek(TopicPartition(topic, partition), offset)
+
+    async def poll(self, timeout_ms: int, max_records: int) -> dict[TP, list[RawRecord]]:
+        batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        out: dict[TP, list[RawRecord]] = {}
+        for tp, records in batches.items():
+            if records:
+                out[(tp.topic, tp.partition)] = [
+                    RawRecord(r.offset, r.key, r.value, r.timestamp, tuple(r.headers or ()))
+                    for r in records
+                ]
+        return out
+
+    async def committed(self, partitions: Sequence[TP]) -> dict[TP, int]:
+        out: dict[TP, int] = {}
+        for topic, partition in partitions:
+            offset = await self.consumer.committed(TopicPartition(topic, partition))
+            if offset is not None and offset >= 0:
+                out[(topic, partition)] = offset
+        return out
+
+    async def commit(self, offsets: dict[TP, int]) -> None:
+        """Commit ``offsets``; a commit refused by a rebalance is skipped (the task's
+        database is then ahead of the group, and the database wins on restart)."""
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+            log.warning("offset commit skipped (%s); the next checkpoint commits again", exc)
+
+    def pause(self, partitions: Sequence[TP]) -> None:
+        self.consumer.pause(*(TopicPartition(t, p) for t, p in partitions))
+
+    def resume(self, partitions: Sequence[TP]) -> None:
+        self.consumer.resume(*(TopicPartition(t, p) for t, p in partitions))
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+
+
+def _key_bytes(key: Any) -> bytes | None:
+    if key is None:
+        return None
+    if isinstance(key, bytes):
+        return key
+    return str(key).encode()
+
+
+class KafkaSink:
+    """Produces each output as a JSON value keyed by the output's key.
+
+    The output id goes in the ``evtime-id`` header (consumers deduplicate by it
+    under at-least-once). ``flush`` returns when the broker acknowledged every
+    record written before it; a failed delivery raises there, so the checkpoint
+    that would have committed the input offsets does not happen.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        bootstrap: str | None = None,
+        producer_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self._settings: dict[str, Any] = {
+            "bootstrap_servers": bootstrap or default_bootstrap(),
+            "enable_idempotence": True,
+            "acks": "all",
+            "linger_ms": 5,
+            "max_batch_size": 256 * 1024,
+        }
+        self._settings.update(producer_config or {})
+        self._producer: AIOKafkaProducer | None = None
+        self._pending: list[asyncio.Future[Any]] = []
+
+    async def _ensure(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(**self._settings)
+            await producer.start()
+            self._producer = producer
+        return self._producer
+
+    async def write(self, outputs: Sequence[Output]) -> None:
+        producer = await self._ensure()
+        dumps = orjson.dumps
+        for o in outputs:
+            headers = [("evtime-id", o.id.encode())] if o.id is not None else None
+            fut = await producer.send(
+                self.topic,
+                dumps(o.value, option=orjson.OPT_NON_STR_KEYS),
+                key=_key_bytes(o.key),
+                timestamp_ms=o.timestamp if 0 <= o.timestamp < 2**63 - 1 else None,
+                headers=headers,
+            )
+            self._pending.append(fut)
+
+    async def flush(self) -> None:
+        if self._producer is None:
+            return
+        await self._producer.flush()
+        pending, self._pending = self._pending, []
+        for fut in pending:
+            try:
+                await fut
+            except KafkaError as exc:
+                raise KafkaError(f"delivery to {self.topic!r} failed: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self.flush()
+            await self._producer.stop()
+            self._producer = None
+
+
+class KafkaDeadLetterSink(KafkaSink):
+    """The dead-letter topic: the original bytes as value, the reason and position in headers."""
+
+    async def write_dead(self, letters: Sequence[DeadLetter]) -> None:
+        producer = await self._ensure()
+        for d in letters:
+            value = d.value if isinstance(d.value, bytes) else orjson.dumps(d.to_dict()["value"])
+            headers = [
+                ("evtime-reason", d.reason.value.encode()),
+                ("evtime-error", d.error.encode()[:4000]),
+                ("evtime-topic", d.topic.encode()),
+                ("evtime-partition", str(d.partition).encode()),
+                ("evtime-offset", str(d.offset).encode()),
+            ]
+            if d.operator:
+                headers.append(("evtime-operator", d.operator.encode()))
+            fut = await producer.send(
+                self.topic, value, key=_key_bytes(d.key), headers=headers
+            )
+            self._pending.append(fut)

@@ -1,0 +1,29 @@
+"""A keyed 10 s tumbling-window count from Kafka to Kafka, configured by env (for worker tests)."""
+
+from __future__ import annotations
+
+import os
+
+from connectors.kafka import KafkaDeadLetterSink, KafkaSink, KafkaSource
+from evtime import App, Count, Tumbling, WindowResult
+
+app = App(
+    os.environ["EVTIME_TEST_APP"],
+    state_dir=os.environ["EVTIME_STATE_DIR"],
+    checkpoint_interval=os.environ.get("EVTIME_TEST_CHECKPOINT", "500ms"),
+    dead_letter=KafkaDeadLetterSink(os.environ["EVTIME_TEST_DLQ"]),
+)
+events = app.source(
+    os.environ["EVTIME_TEST_IN"],
+    KafkaSource(os.environ["EVTIME_TEST_IN"]),
+    key="user",
+    timestamp="ts",
+    max_out_of_orderness="5s",
+)
+
+
+@app.window(
+    events, Tumbling("10s"), aggregate=Count(), sink=KafkaSink(os.environ["EVTIME_TEST_OUT"])
+)
+def counts(result: WindowResult) -> dict[str, object]:
+    return {"user": result.key, "start": result.start, "count": result.value}

@@ -1,0 +1,142 @@
+"""Producing test streams to the real broker and reading results back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[2]
+JOBS = Path(__file__).resolve().parent / "jobs"
+MIN = -(2**63)
+
+
+async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in topics.items()]
+        )
+        for _ in range(100):
+            if set(topics) <= set(await admin.list_topics()):
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+def make_events(n: int, users: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` click events, about 200 per second of event time, disorder up to 3 s."""
+    rng = random.Random(seed)
+    base = 1_767_225_600_000
+    return [
+        {"user": f"u{rng.randrange(users)}", "ts": base + i * 5 + rng.randrange(-3000, 3000)}
+        for i in range(n)
+    ]
+
+
+def partition_of(user: str, partitions: int) -> int:
+    return zlib.crc32(user.encode()) % partitions
+
+
+async def produce(
+    bootstrap: str, topic: str, partitions: int, records: list[tuple[int, bytes | None, bytes]]
+) -> None:
+    """Send (partition, key, value) records in order, acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value, key=key, partition=p) for p, key, value in records
+        ]
+        await producer.flush()
+        for f in futures:
+            await f
+    finally:
+        await producer.stop()
+
+
+async def consume_all(bootstrap: str, topic: str, *, expect: int, timeout_s: float) -> list[Any]:
+    """Read ``topic`` from the beginning until ``expect`` records arrived (or the timeout)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < expect and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                out.extend(records)
+        # Anything beyond the expected count would be a duplicate: wait a little for it.
+        batches = await consumer.getmany(timeout_ms=1000)
+        for records in batches.values():
+            out.extend(records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def reference_counts(
+    per_partition: list[list[dict[str, Any]]], size: int, ooo: int
+) -> tuple[dict[str, int], int]:
+    """Brute force: windows closed by each partition's final watermark, and late records."""
+    counts: dict[str, int] = {}
+    late = 0
+    for events in per_partition:
+        wm = MIN
+        max_ts = MIN
+        open_: dict[str, int] = {}
+        for e in events:
+            ts = e["ts"]
+            start = ts - ts % size
+            if start + size - 1 <= wm:
+                late += 1
+            else:
+                wid = f"{e['user']}@{start}-{start + size}"
+                open_[wid] = open_.get(wid, 0) + 1
+            max_ts = max(max_ts, ts)
+            wm = max(wm, max_ts - ooo - 1)
+        for wid, c in open_.items():
+            end = int(wid.rsplit("-", 1)[1])
+            if end - 1 <= wm:
+                counts[wid] = c
+    return counts, late
+
+
+def start_worker(job: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "evtime.cli", "worker", f"{JOBS / job}:app"],
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=str(ROOT),
+    )
+
+
+def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=timeout)
+
+
+def decode_outputs(records: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for r in records:
+        headers = dict(r.headers or ())
+        out.append((headers["evtime-id"].decode(), orjson.loads(r.value)))
+    return out
