@@ -470,7 +470,7 @@ class SessionWindowOperator(_WindowBase):
             start, end = ts, ts + gap
             sessions: list[list[Any]] = get(key) or []
             absorbed = [s for s in sessions if s[0] <= end and s[1] >= start]
-            if not absorbed and end - 1 + lateness < wm:
+            if not absorbed and end - 1 + lateness <= wm:
                 self._late_record(batch, i, wm)
             else:
                 try:
@@ -571,6 +571,12 @@ def _session_start(session: list[Any]) -> int:
 
 def _session_payload(kind: int, start: int, end: int, key: KeyObj) -> bytes:
     return bytes((kind,)) + encode_int(start) + encode_int(end) + encode_key(key)
+
+
+def column_families(spec: WindowSpec) -> list[str]:
+    """The RocksDB column families the operator of ``spec`` uses (declared at open)."""
+    store = "sessions" if isinstance(spec.assigner, Session) else "windows"
+    return [f"{spec.name}.{store}", f"{spec.name}.timers"]
 
 
 def make_window_operator(
