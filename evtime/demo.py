@@ -71,8 +71,12 @@ def generate(
             action = "view"
         event = {"user": user, "page": rng.choice(pages), "action": action, "ts": t}
         arrival = t + rng.randrange(0, 20_000)
-        if action == "view" and rng.random() < 0.003:
-            arrival = t + rng.randrange(5 * MINUTE, 10 * MINUTE)  # beyond the allowed lateness
+        if action == "view":
+            roll = rng.random()
+            if roll < 0.003:
+                arrival = t + rng.randrange(5 * MINUTE, 10 * MINUTE)  # beyond allowed lateness
+            elif roll < 0.01:
+                arrival = t + rng.randrange(40_000, 80_000)  # late, within allowed lateness
         events.append((arrival, event))
     events.sort(key=lambda pair: pair[0])
     out.mkdir(parents=True, exist_ok=True)

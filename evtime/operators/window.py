@@ -441,12 +441,20 @@ def _slot_order(slot: tuple[int, KeyObj]) -> tuple[int, bytes]:
 class SessionWindowOperator(_WindowBase):
     """Session windows: a record opens [ts, ts + gap) and merges every session it touches.
 
-    State: ``key -> [[start, end, acc, emissions, [replaced ids]], ...]``
+    State: ``key -> [[start, end, acc, emissions, [replaced ids], fired, timer_at], ...]``
     (the key's live sessions, pairwise apart; ``emissions`` counts results
-    emitted under the session's own id). Two windows merge when they
-    intersect or touch, as in Flink. A merged session that absorbed an
-    already emitted one is emitted as an UPDATE naming the ids it replaces
-    (only ids that were emitted). Accumulators merge in start order.
+    emitted under the session's own id; ``fired`` says whether the current
+    content was emitted; ``timer_at`` is when the session's pending timer
+    fires). Two windows merge when they intersect or touch, as in Flink. A
+    merged session that absorbed an already emitted one is emitted as an
+    UPDATE naming the ids it replaces (only ids that were emitted).
+    Accumulators merge in start order.
+
+    Timers are lazy: a session keeps one pending timer, named by its start.
+    Extending a session does not move its timer; when the timer fires early,
+    it is registered again at the session's new due time (``end - 1``, or
+    ``end - 1 + allowed_lateness`` once fired). Timers of sessions merged
+    away find no session with their start and do nothing.
     """
 
     def __init__(self, spec: WindowSpec, db: TaskDB, collector: Collector, clock: Clock):
@@ -489,28 +497,30 @@ class SessionWindowOperator(_WindowBase):
                 else:
                     # s[3] counts emissions under s's own id: only a session with the same
                     # bounds carries them over; an emitted one with other bounds is replaced.
+                    # The pending timer of the absorbed session with the same start stays.
                     emissions = 0
+                    timer_at = None
                     for s in absorbed:
+                        if s[0] == start:
+                            timer_at = s[6]
                         if (s[0], s[1]) == (start, end):
                             emissions += s[3]
                         sessions.remove(s)
-                        self._drop_timers(key, s[0], s[1])
                         if s[3] and (s[0], s[1]) != (start, end):
                             replaced.append(window_id(key, s[0], s[1]))
-                    session = [start, end, acc, emissions, sorted(set(replaced))]
+                    session = [start, end, acc, emissions, sorted(set(replaced)), False, timer_at]
                     sessions.append(session)
                     sessions.sort(key=_session_start)
-                    put(key, sessions)
                     if end - 1 <= wm:
                         self._fire_session(key, session)
                         if not lateness:
-                            self._remove(key, sessions, session)
+                            sessions.remove(session)
+                    if session in sessions:
+                        self._schedule(key, session)
+                    if sessions:
+                        put(key, sessions)
                     else:
-                        self._register(end - 1, _session_payload(_FIRE, start, end, key))
-                    if lateness:
-                        self._register(
-                            end - 1 + lateness, _session_payload(_CLEANUP, start, end, key)
-                        )
+                        self._store.delete(key)
             wm = wms[i]
             if wm >= self._next_timer:
                 self._wm = wm
@@ -518,45 +528,42 @@ class SessionWindowOperator(_WindowBase):
         if wm > self._wm:
             self._wm = wm
 
+    def _schedule(self, key: KeyObj, session: list[Any]) -> None:
+        """Make sure a timer fires no later than the session's next due time."""
+        due = session[1] - 1 + (self._lateness if session[5] else 0)
+        timer_at = session[6]
+        if timer_at is None or timer_at > due:
+            self._register(due, _session_payload(session[0], key))
+            session[6] = due
+
     def _fire_session(self, key: KeyObj, session: list[Any]) -> None:
-        start, end, acc, emissions, replaced = session
+        start, end, acc, emissions, replaced = session[:5]
         kind = EmitKind.FINAL if emissions == 0 and not replaced else EmitKind.UPDATE
         session[3] = emissions + 1
         session[4] = []
+        session[5] = True
         self._emit(WindowResult(key, start, end, self._agg.result(acc), kind, tuple(replaced)))
 
-    def _remove(self, key: KeyObj, sessions: list[list[Any]], session: list[Any]) -> None:
-        sessions.remove(session)
-        if sessions:
-            self._store.put(key, sessions)
-        else:
-            self._store.delete(key)
-
-    def _drop_timers(self, key: KeyObj, start: int, end: int) -> None:
-        self._timers.delete(end - 1, _session_payload(_FIRE, start, end, key))
-        if self._lateness:
-            self._timers.delete(
-                end - 1 + self._lateness, _session_payload(_CLEANUP, start, end, key)
-            )
-
     def _fire_due(self, watermark: int) -> None:
-        for _ts, payload in self._timers.pop_due(watermark):
-            kind = payload[0]
-            start = decode_int(payload[1:9])
-            end = decode_int(payload[9:17])
-            key = decode_key(payload[17:])
+        lateness = self._lateness
+        for ts, payload in self._timers.pop_due(watermark):
+            start = decode_int(payload[:8])
+            key = decode_key(payload[8:])
             sessions: list[list[Any]] = self._store.get(key) or []
-            session = next((s for s in sessions if s[0] == start and s[1] == end), None)
-            if session is None:
-                continue
-            if kind == _FIRE:
+            session = next((s for s in sessions if s[0] == start), None)
+            if session is None or session[6] != ts:
+                continue  # merged away, or a newer timer of the session is pending
+            session[6] = None
+            if not session[5] and session[1] - 1 <= watermark:
                 self._fire_session(key, session)
-                if self._lateness:
-                    self._store.put(key, sessions)
-                else:
-                    self._remove(key, sessions, session)
+            if session[5] and session[1] - 1 + lateness <= watermark:
+                sessions.remove(session)
             else:
-                self._remove(key, sessions, session)
+                self._schedule(key, session)
+            if sessions:
+                self._store.put(key, sessions)
+            else:
+                self._store.delete(key)
         self._refresh_next_timer()
 
     def live_windows(self) -> int:
@@ -569,8 +576,8 @@ def _session_start(session: list[Any]) -> int:
     return start
 
 
-def _session_payload(kind: int, start: int, end: int, key: KeyObj) -> bytes:
-    return bytes((kind,)) + encode_int(start) + encode_int(end) + encode_key(key)
+def _session_payload(start: int, key: KeyObj) -> bytes:
+    return encode_int(start) + encode_key(key)
 
 
 def column_families(spec: WindowSpec) -> list[str]:
