@@ -27,6 +27,7 @@ from aiokafka.errors import (
     KafkaError,
     RebalanceInProgressError,
 )
+from aiokafka.partitioner import murmur2
 
 from evtime.errors import ConfigError
 from evtime.io import AssignCallback, RevokeCallback
@@ -34,6 +35,9 @@ from evtime.io import TopicPartition as TP
 from evtime.records import DeadLetter, Output, RawRecord
 
 log = logging.getLogger("evtime.kafka")
+_MAX_TS = 2**63 - 1
+_Rec = tuple[bytes | None, bytes, int | None, list[tuple[str, bytes]]]
+"""A record to produce: key, value, timestamp (ms or None), headers."""
 
 
 def default_bootstrap() -> str:
@@ -132,14 +136,9 @@ class KafkaGroupSource:
 
     async def poll(self, timeout_ms: int, max_records: int) -> dict[TP, list[RawRecord]]:
         batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        out: dict[TP, list[RawRecord]] = {}
-        for tp, records in batches.items():
-            if records:
-                out[(tp.topic, tp.partition)] = [
-                    RawRecord(r.offset, r.key, r.value, r.timestamp, tuple(r.headers or ()))
-                    for r in records
-                ]
-        return out
+        # aiokafka's ConsumerRecord has the attributes of a RawRecord (offset, key, value,
+        # timestamp, headers): handed over as they are, with no per-record copy.
+        return {(tp.topic, tp.partition): records for tp, records in batches.items() if records}
 
     async def committed(self, partitions: Sequence[TP]) -> dict[TP, int]:
         out: dict[TP, int] = {}
@@ -205,6 +204,8 @@ class KafkaSink:
         self._settings.update(producer_config or {})
         self._producer: AIOKafkaProducer | None = None
         self._pending: list[asyncio.Future[Any]] = []
+        self._partition_count: int | None = None
+        self._round_robin = 0
 
     async def _ensure(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -213,19 +214,53 @@ class KafkaSink:
             self._producer = producer
         return self._producer
 
+    async def _partitions(self, producer: AIOKafkaProducer) -> int:
+        if self._partition_count is None:
+            parts = await producer.partitions_for(self.topic)
+            self._partition_count = len(parts)
+        return self._partition_count
+
     async def write(self, outputs: Sequence[Output]) -> None:
+        """Queue ``outputs``, keyed records to the partition Kafka's default partitioner picks.
+
+        Records are appended to one batch per partition and handed to the producer
+        a batch at a time (no per-record future): delivery is awaited by :meth:`flush`.
+        """
+        await self._send(
+            [
+                (
+                    _key_bytes(o.key),
+                    orjson.dumps(o.value, option=orjson.OPT_NON_STR_KEYS),
+                    o.timestamp if 0 <= o.timestamp < _MAX_TS else None,
+                    [("evtime-id", o.id.encode())] if o.id is not None else [],
+                )
+                for o in outputs
+            ]
+        )
+
+    async def _send(self, records: list[_Rec]) -> None:
+        if not records:
+            return
         producer = await self._ensure()
-        dumps = orjson.dumps
-        for o in outputs:
-            headers = [("evtime-id", o.id.encode())] if o.id is not None else None
-            fut = await producer.send(
-                self.topic,
-                dumps(o.value, option=orjson.OPT_NON_STR_KEYS),
-                key=_key_bytes(o.key),
-                timestamp_ms=o.timestamp if 0 <= o.timestamp < 2**63 - 1 else None,
-                headers=headers,
-            )
-            self._pending.append(fut)
+        count = await self._partitions(producer)
+        batches: dict[int, Any] = {}
+        for key, value, ts, headers in records:
+            if key is None:
+                partition = self._round_robin % count
+                self._round_robin += 1
+            else:
+                partition = (murmur2(key) & 0x7FFFFFFF) % count
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = producer.create_batch()
+            if batch.append(timestamp=ts, key=key, value=value, headers=headers) is None:
+                self._pending.append(
+                    await producer.send_batch(batch, self.topic, partition=partition)
+                )
+                batch = batches[partition] = producer.create_batch()
+                batch.append(timestamp=ts, key=key, value=value, headers=headers)
+        for partition, batch in batches.items():
+            self._pending.append(await producer.send_batch(batch, self.topic, partition=partition))
 
     async def flush(self) -> None:
         if self._producer is None:
@@ -249,7 +284,7 @@ class KafkaDeadLetterSink(KafkaSink):
     """The dead-letter topic: the original bytes as value, the reason and position in headers."""
 
     async def write_dead(self, letters: Sequence[DeadLetter]) -> None:
-        producer = await self._ensure()
+        records: list[_Rec] = []
         for d in letters:
             value = d.value if isinstance(d.value, bytes) else orjson.dumps(d.to_dict()["value"])
             headers = [
@@ -261,7 +296,5 @@ class KafkaDeadLetterSink(KafkaSink):
             ]
             if d.operator:
                 headers.append(("evtime-operator", d.operator.encode()))
-            fut = await producer.send(
-                self.topic, value, key=_key_bytes(d.key), headers=headers
-            )
-            self._pending.append(fut)
+            records.append((_key_bytes(d.key), value, None, headers))
+        await self._send(records)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from evtime.errors import ConfigError, EvtimeError
@@ -23,17 +25,17 @@ def load_app(target: str) -> Any:
         path = Path(module_name).resolve()
         if not path.is_file():
             raise ConfigError(f"no such file {module_name}")
-        sys.path.insert(0, str(path.parent))
+        module = _load_file(path)
         module_name = path.stem
     else:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"cannot import {module_name!r}: {exc}; give MODULE:APP (e.g. myjob:app) or "
-            "path/to/job.py:app"
-        ) from exc
+        _prepend_path(os.getcwd())
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"cannot import {module_name!r}: {exc}; give MODULE:APP (e.g. myjob:app) or "
+                "path/to/job.py:app"
+            ) from exc
     app = getattr(module, attr, None)
     if not isinstance(app, App):
         raise ConfigError(
@@ -41,6 +43,36 @@ def load_app(target: str) -> Any:
             "variable holding App(...)"
         )
     return app
+
+
+def _load_file(path: Path) -> ModuleType:
+    """Execute a job file as a module of its own.
+
+    Importing it by its file name would return any module already imported under that name
+    (a second ``job.py``, or a job called ``json.py``). Its folder goes on ``sys.path`` so
+    that it can import its neighbours, as ``python job.py`` would.
+    """
+    _prepend_path(str(path.parent))
+    name = f"_evtime_job_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot load {path}: give a Python file, path/to/job.py:app")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickle look classes' modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except ModuleNotFoundError as exc:
+        del sys.modules[name]
+        raise ConfigError(f"cannot load {path}: {exc}; is a dependency missing?") from exc
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _prepend_path(folder: str) -> None:
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ state and timers are part of the task's snapshot.
 from __future__ import annotations
 
 import enum
+import heapq
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -157,14 +158,20 @@ class TimerService:
 
     def register_processing_time(self, timestamp: int) -> None:
         """Fire ``on_timer`` once the wall clock reaches ``timestamp``."""
-        self._ctx._op._ptimers.register(timestamp, b"u" + encode_key(self._ctx.key))
+        self._ctx._op._register_proc(timestamp, b"u" + encode_key(self._ctx.key))
 
     def delete_event_time(self, timestamp: int) -> None:
-        self._ctx._op._etimers.delete(timestamp, encode_key(self._ctx.key))
-        self._ctx._op._refresh_next_event()
+        op = self._ctx._op
+        payload = encode_key(self._ctx.key)
+        op._leave_round(TimeDomain.EVENT_TIME, timestamp, payload)
+        op._etimers.delete(timestamp, payload)
+        op._refresh_next_event()
 
     def delete_processing_time(self, timestamp: int) -> None:
-        self._ctx._op._ptimers.delete(timestamp, b"u" + encode_key(self._ctx.key))
+        op = self._ctx._op
+        payload = b"u" + encode_key(self._ctx.key)
+        op._leave_round(TimeDomain.PROCESSING_TIME, timestamp, payload)
+        op._ptimers.delete(timestamp, payload)
 
 
 class ProcessContext:
@@ -229,6 +236,21 @@ class ProcessContext:
         )
 
 
+def column_families(spec: ProcessSpec) -> list[str]:
+    """The RocksDB column families the operator of ``spec`` uses (declared at open)."""
+    return [f"{spec.name}.state", f"{spec.name}.etimers", f"{spec.name}.ptimers"]
+
+
+@dataclass(slots=True)
+class _Round:
+    """The due timers of one domain being fired (a heap), while callbacks run."""
+
+    domain: TimeDomain
+    until: int
+    heap: list[tuple[int, bytes]]
+    members: set[tuple[int, bytes]]
+
+
 class ProcessOperator:
     """Runs a :class:`ProcessSpec` in one partition task."""
 
@@ -247,6 +269,7 @@ class ProcessOperator:
         self._wm = MIN_TIMESTAMP
         self._next_event = NO_TIMER
         self._refresh_next_event()
+        self._round: _Round | None = None
 
     # -- state with TTL -------------------------------------------------------
     def _read(self, sk: _StateKey, default: Any) -> Any:
@@ -264,13 +287,41 @@ class ProcessOperator:
         if ttl is not None:
             expires = self._clock.now_ms() + ttl
             # One cleanup timer per entry, so expired state goes even if never read again.
-            self._ptimers.register(expires, b"t" + _encode_state_key(sk))
+            self._register_proc(expires, b"t" + _encode_state_key(sk))
         self._store.put(sk, [value, expires])
 
     def _register_event(self, timestamp: int, key: KeyObj) -> None:
-        self._etimers.register(timestamp, encode_key(key))
+        payload = encode_key(key)
+        if self._join_round(TimeDomain.EVENT_TIME, timestamp, payload):
+            return
+        self._etimers.register(timestamp, payload)
         if timestamp < self._next_event:
             self._next_event = timestamp
+
+    def _register_proc(self, timestamp: int, payload: bytes) -> None:
+        if not self._join_round(TimeDomain.PROCESSING_TIME, timestamp, payload):
+            self._ptimers.register(timestamp, payload)
+
+    def _join_round(self, domain: TimeDomain, timestamp: int, payload: bytes) -> bool:
+        """Whether a timer registered by a timer callback is due now: it then joins the
+        round being fired, in order, instead of the queue."""
+        rnd = self._round
+        if rnd is None or rnd.domain is not domain or timestamp > rnd.until:
+            return False
+        timer = (timestamp, payload)
+        if timer not in rnd.members:
+            rnd.members.add(timer)
+            heapq.heappush(rnd.heap, timer)
+        return True
+
+    def _leave_round(self, domain: TimeDomain, timestamp: int, payload: bytes) -> None:
+        """A timer callback deleted a timer that is due in the round being fired."""
+        rnd = self._round
+        timer = (timestamp, payload)
+        if rnd is not None and rnd.domain is domain and timer in rnd.members:
+            rnd.members.discard(timer)
+            rnd.heap.remove(timer)
+            heapq.heapify(rnd.heap)
 
     def _refresh_next_event(self) -> None:
         nxt = self._etimers.next_time()
@@ -305,8 +356,9 @@ class ProcessOperator:
             wm = wms[i]
             if wm > self._wm:
                 self._wm = wm
-                if wm >= self._next_event:
-                    self._fire_event_timers(wm)
+            # Also when the watermark did not move: fn may have registered a timer behind it.
+            if self._wm >= self._next_event:
+                self._fire_event_timers(self._wm)
 
     def on_watermark(self, watermark: int) -> None:
         if watermark > self._wm:
@@ -315,30 +367,40 @@ class ProcessOperator:
             self._fire_event_timers(self._wm)
 
     def _fire_event_timers(self, watermark: int) -> None:
-        # A timer callback may register timers that are already due: loop until none are.
-        while True:
-            due = self._etimers.pop_due(watermark)
-            if not due:
-                break
-            for ts, payload in due:
-                self._call_timer(Timer(ts, decode_key(payload), TimeDomain.EVENT_TIME))
+        self._fire_round(self._etimers, TimeDomain.EVENT_TIME, watermark)
         self._refresh_next_event()
 
     def on_processing_time(self, now_ms: int) -> None:
-        while True:
-            due = self._ptimers.pop_due(now_ms)
-            if not due:
-                return
-            for ts, payload in due:
-                if payload[:1] == b"t":
+        self._fire_round(self._ptimers, TimeDomain.PROCESSING_TIME, now_ms)
+        # A processing-time callback may have registered an event-time timer that is due.
+        if self._wm >= self._next_event:
+            self._fire_event_timers(self._wm)
+
+    def _fire_round(self, queue: TimerQueue, domain: TimeDomain, until: int) -> None:
+        """Fire every timer of ``queue`` due at ``until``, one at a time, earliest
+        (time, key) first. Callbacks may register or delete timers that are due too: they
+        join or leave the round (Flink's priority-queue order)."""
+        due = queue.pop_due(until)
+        if not due:
+            return
+        # pop_due returns a sorted list, which is a heap.
+        rnd = self._round = _Round(domain, until, due, set(due))
+        try:
+            while due:
+                timer = heapq.heappop(due)
+                rnd.members.discard(timer)
+                ts, payload = timer
+                if domain is TimeDomain.EVENT_TIME:
+                    self._call_timer(Timer(ts, decode_key(payload), domain))
+                elif payload[:1] == b"t":
                     sk = _decode_state_key(payload[1:])
                     stored = self._store.get(sk)
-                    if stored is not None and stored[1] is not None and stored[1] <= now_ms:
+                    if stored is not None and stored[1] is not None and stored[1] <= until:
                         self._store.delete(sk)
                 else:
-                    self._call_timer(
-                        Timer(ts, decode_key(payload[1:]), TimeDomain.PROCESSING_TIME)
-                    )
+                    self._call_timer(Timer(ts, decode_key(payload[1:]), domain))
+        finally:
+            self._round = None
 
     def next_processing_time(self) -> int | None:
         return self._ptimers.next_time()

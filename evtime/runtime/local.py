@@ -115,15 +115,24 @@ class LocalRunner:
         self._last_checkpoint = self.clock.now_ms()
 
     async def run(self, *, poll_interval: float = 0.05) -> None:
-        """Run until every bounded source ended (forever for unbounded ones), then checkpoint."""
+        """Run until every bounded source ended (forever for unbounded ones), then checkpoint.
+
+        A step that raised (a bad record under fail-fast, a sink error) may have moved the
+        offsets past records it did not finish: the tasks then close without a snapshot, so
+        that the last one stands and a restart resumes from it.
+        """
         tune_gc()
         self.open()
+        failed = False
         try:
             while not self.finished:
                 if not await self.step():
                     await asyncio.sleep(poll_interval)
+        except Exception:
+            failed = True
+            raise
         finally:
-            await self.close()
+            await self.close(checkpoint=not failed)
 
     async def close(self, *, checkpoint: bool = True) -> None:
         """Checkpoint (unless told not to) and close every task."""

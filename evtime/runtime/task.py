@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from evtime.errors import (
     ConfigError,
     KeyExtractionError,
@@ -20,7 +22,9 @@ from evtime.errors import (
 )
 from evtime.operators.base import Collector, Operator, describe_error
 from evtime.operators.process import ProcessOperator
+from evtime.operators.process import column_families as process_families
 from evtime.operators.window import WindowSpec, make_window_operator
+from evtime.operators.window import column_families as window_families
 from evtime.plan import Plan, SourceSpec
 from evtime.records import Batch, DeadLetter, DeadLetterReason, KeyObj, Output, RawRecord
 from evtime.serde import ValueFormat, decode_value, key_getter, timestamp_getter
@@ -69,11 +73,19 @@ class PartitionTask:
                 f"sources {list(group)} are processed together but declare different watermark "
                 "settings; give them the same max_out_of_orderness and idle_timeout"
             )
-        self.db = TaskDB(task_path(plan, group, partition), [])
+        specs = plan.operators_of(group)
+        families = [
+            cf
+            for s in specs
+            for cf in (
+                window_families(s) if isinstance(s, WindowSpec) else process_families(s)
+            )
+        ]
+        self.db = TaskDB(task_path(plan, group, partition), families)
         self.collector = Collector(plan.policy)
         self.operators: list[Operator] = []
         by_topic: dict[str, list[Operator]] = {t: [] for t in group}
-        for op_spec in plan.operators_of(group):
+        for op_spec in specs:
             op: Operator
             if isinstance(op_spec, WindowSpec):
                 op = make_window_operator(op_spec, self.db, self.collector, clock)
@@ -134,7 +146,9 @@ class PartitionTask:
             return
         inp = self.inputs[topic]
         fmt = inp.spec.value_format
-        decode = fmt is ValueFormat.JSON or fmt is ValueFormat.TEXT
+        json = fmt is ValueFormat.JSON
+        decode = fmt is ValueFormat.TEXT
+        loads = orjson.loads
         kf, tf = inp.key_field, inp.ts_field
         key_of, ts_of = inp.key_of, inp.ts_of
         tracker = self.tracker
@@ -157,8 +171,11 @@ class PartitionTask:
         for n, raw in enumerate(raws):
             value = raw.value
             try:
-                if decode and type(value) is bytes:
-                    value = decode_value(value, fmt)
+                if type(value) is bytes:
+                    if json:
+                        value = loads(value)
+                    elif decode:
+                        value = decode_value(value, fmt)
                 if type(value) is dict:
                     key = value.get(kf) if kf is not None else None
                     ts = value.get(tf) if tf is not None else None
@@ -222,7 +239,7 @@ class PartitionTask:
             reason = DeadLetterReason.TIMESTAMP
         elif isinstance(exc, KeyExtractionError):
             reason = DeadLetterReason.KEY
-        elif isinstance(exc, SerdeError):
+        elif isinstance(exc, SerdeError | orjson.JSONDecodeError | UnicodeDecodeError):
             reason = DeadLetterReason.DECODE
         else:
             reason = DeadLetterReason.USER_CODE

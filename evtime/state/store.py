@@ -10,7 +10,6 @@ holds exactly the last committed snapshot.
 
 from __future__ import annotations
 
-import gc
 import shutil
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
@@ -386,10 +385,9 @@ class TaskDB:
             column.close()
         self._columns.clear()
         self._handles.clear()
+        # Closing every column family handle too releases RocksDB's file lock at once.
         self._rdict.close()
         del self._rdict
-        # rocksdict releases the file lock only when every handle is collected.
-        gc.collect()
 
     def destroy(self) -> None:
         """Close and delete the database from disk."""

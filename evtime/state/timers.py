@@ -42,6 +42,9 @@ class TimerQueue:
         self._heap: list[tuple[int, bytes]] = []
         self._pending: set[bytes] = set()  # registered since the last snapshot
         self._deleted: set[bytes] = set()  # persisted timers fired or deleted since then
+        # Registered again after being fired or deleted: pending, but maybe also on disk
+        # behind the scan position, so firing it must delete the disk copy.
+        self._revived: set[bytes] = set()
         # Every persisted timer at or before this time has been popped: scans start after it.
         self._scanned_to: int | None = None
         self._db_head: int | None = None  # earliest persisted, not deleted timer
@@ -52,9 +55,11 @@ class TimerQueue:
         """Add the timer (idempotent)."""
         full = encode_int(ts) + payload
         if full in self._deleted:
+            # Un-deleting is not enough: a scan may already have passed its disk copy (or
+            # there is none), so the timer must live in memory too.
             self._deleted.discard(full)
+            self._revived.add(full)
             self._db_head_valid = False
-            return
         if full not in self._pending:
             self._pending.add(full)
             heapq.heappush(self._heap, (ts, payload))
@@ -64,9 +69,12 @@ class TimerQueue:
         full = encode_int(ts) + payload
         if full in self._pending:
             self._pending.discard(full)  # its heap entry is skipped lazily
-        else:
-            self._deleted.add(full)
-            self._db_head_valid = False
+            # Registered again after a snapshot had written it: the disk copy must go too.
+            if full not in self._revived and self._cf.get(full) is None:
+                return
+            self._revived.discard(full)
+        self._deleted.add(full)
+        self._db_head_valid = False
 
     def next_time(self) -> int | None:
         """The earliest registered time, or None when the queue is empty."""
@@ -91,6 +99,9 @@ class TimerQueue:
             full = encode_int(ts) + payload
             if full in pending:
                 pending.discard(full)
+                if full in self._revived:
+                    self._revived.discard(full)
+                    self._deleted.add(full)
                 due.append((ts, payload))
         head = self._persisted_head()
         if head is not None and head <= until:
@@ -105,7 +116,9 @@ class TimerQueue:
 
     def __len__(self) -> int:
         """Number of live timers (walks the persisted ones: not for the hot path)."""
-        persisted = sum(1 for key in self._cf.keys() if key not in self._deleted)
+        persisted = sum(
+            1 for key in self._cf.keys() if key not in self._deleted and key not in self._pending
+        )
         return persisted + len(self._pending)
 
     # -- persisted part ------------------------------------------------------------
@@ -154,6 +167,7 @@ class TimerQueue:
 
     def _after_commit(self) -> None:
         self._pending.clear()
+        self._revived.clear()
         self._heap.clear()
         self._deleted.clear()
         self._db_head_valid = False
