@@ -80,6 +80,7 @@ class Worker:
         await source.start(self._on_assigned, self._on_revoked)
         self._last_checkpoint = self.clock.now_ms()
         log.info("worker %s started on topics %s", self.plan.app_name, sorted(self.plan.sources))
+        failed = False
         try:
             while not self._stop.is_set():
                 batches = await source.poll(self.poll_ms, self.plan.batch_size)
@@ -91,8 +92,13 @@ class Worker:
                     await self._deliver(self.tasks.values())
                     if now - self._last_checkpoint >= self.plan.checkpoint_interval:
                         await self._checkpoint(list(self.tasks.values()))
+        except Exception:
+            # A failed step may have moved offsets past records it did not finish:
+            # no checkpoint, so the last snapshot stands and a restart resumes there.
+            failed = True
+            raise
         finally:
-            await self._shutdown(source)
+            await self._shutdown(source, checkpoint=not failed)
 
     def stop(self) -> None:
         """Ask the worker to checkpoint every task, leave the group and return."""
@@ -113,10 +119,10 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
 
-    async def _shutdown(self, source: GroupSource) -> None:
+    async def _shutdown(self, source: GroupSource, *, checkpoint: bool = True) -> None:
         async with self._lock:
             try:
-                if self.tasks:
+                if self.tasks and checkpoint:
                     await self._checkpoint(list(self.tasks.values()))
             finally:
                 for task in self.tasks.values():

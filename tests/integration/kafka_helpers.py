@@ -69,18 +69,23 @@ async def produce(
 
 
 async def consume_all(bootstrap: str, topic: str, *, expect: int, timeout_s: float) -> list[Any]:
-    """Read ``topic`` from the beginning until ``expect`` records arrived (or the timeout)."""
+    """Read ``topic`` from the beginning until ``expect`` distinct records arrived (records
+    with the same ``evtime-id`` header count once: re-emissions are not progress)."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
     await consumer.start()
     out: list[Any] = []
+    distinct: set[Any] = set()
     deadline = time.monotonic() + timeout_s
     try:
-        while len(out) < expect and time.monotonic() < deadline:
+        while len(distinct) < expect and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 out.extend(records)
+                for r in records:
+                    rid = dict(r.headers or ()).get("evtime-id")
+                    distinct.add(rid if rid is not None else (r.partition, r.offset))
         # Anything beyond the expected count would be a duplicate: wait a little for it.
         batches = await consumer.getmany(timeout_ms=1000)
         for records in batches.values():
