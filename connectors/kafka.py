@@ -29,6 +29,7 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
+from connectors.kafka_changelog import KafkaChangelog
 from evtime.errors import ConfigError
 from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP
@@ -68,6 +69,10 @@ class KafkaSource:
         if instance_id:
             config.setdefault("group_instance_id", instance_id)
         return KafkaGroupSource(self.bootstrap, group_id, list(topics), config)
+
+    def changelog(self, topic: str) -> KafkaChangelog:
+        """The changelog topic ``topic`` on this source's cluster."""
+        return KafkaChangelog(self.bootstrap, topic)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

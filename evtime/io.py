@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from evtime.records import DeadLetter, Output, RawRecord
+from evtime.records import ChangelogRecord, DeadLetter, Output, RawRecord
 
 
 @runtime_checkable
@@ -106,3 +106,21 @@ class GroupSourceFactory(Protocol):
     def group_source(
         self, group_id: str, topics: Sequence[str], instance_id: str | None = None
     ) -> GroupSource: ...
+
+    def changelog(self, topic: str) -> Changelog: ...
+
+
+@runtime_checkable
+class Changelog(Protocol):
+    """A changelog topic: a partition per task, appended at every checkpoint."""
+
+    async def ensure(self, source_topic: str) -> None: ...
+
+    async def append(
+        self,
+        batches: dict[int, tuple[Sequence[tuple[bytes, bytes | None]], dict[str, int] | None]],
+    ) -> dict[int, int]: ...
+
+    async def read(self, partition: int, start: int) -> list[ChangelogRecord]: ...
+
+    async def close(self) -> None: ...

@@ -217,3 +217,14 @@ class ErrorPolicy(enum.Enum):
     """Send it to the dead-letter output with its reason; keep running (default)."""
     FAIL_FAST = "fail_fast"
     """Stop the run with an error naming the record."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChangelogRecord:
+    """A record read back from a state changelog partition."""
+
+    offset: int
+    key: bytes
+    value: bytes | None
+    checkpoint: dict[str, int] | None
+    """The input offsets of the checkpoint the record belongs to (None for markers)."""

@@ -286,13 +286,15 @@ class PartitionTask:
         The driver must have delivered (and flushed) every output taken before.
         """
         self.checkpoints += 1
-        return self.db.commit(
-            {
-                "offsets": self.offsets,
-                "watermarks": self.tracker.snapshot(),
-                "counters": {"records_in": self.records_in},
-            }
-        )
+        return self.db.commit(self.snapshot_meta())
+
+    def snapshot_meta(self) -> dict[str, Any]:
+        """The metadata a snapshot writes with the state: next offsets, watermarks, counters."""
+        return {
+            "offsets": dict(self.offsets),
+            "watermarks": self.tracker.snapshot(),
+            "counters": {"records_in": self.records_in},
+        }
 
     def close(self) -> None:
         """Close the database; what was not snapshotted is dropped."""

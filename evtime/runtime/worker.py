@@ -11,15 +11,18 @@ import asyncio
 import logging
 import os
 import signal
+import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from evtime.errors import ConfigError
-from evtime.io import GroupSource, GroupSourceFactory, TopicPartition
+from evtime.io import Changelog, GroupSource, GroupSourceFactory, TopicPartition
 from evtime.plan import Plan
+from evtime.runtime.changelog import marker_record, meta_record, plan_restore, state_record
 from evtime.runtime.gc import tune_gc
 from evtime.runtime.local import deliver, flush_all
-from evtime.runtime.task import PartitionTask
+from evtime.runtime.task import PartitionTask, group_name
 from evtime.time import Clock, SystemClock
 
 log = logging.getLogger("evtime.worker")
@@ -61,6 +64,8 @@ class Worker:
         }
         self.tasks: dict[TaskId, PartitionTask] = {}
         self._source: GroupSource | None = None
+        self._changelogs: dict[tuple[str, ...], Changelog] = {}
+        self.restored_records = 0
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._signals = 0
@@ -73,6 +78,12 @@ class Worker:
         tune_gc()
         if self.handle_signals:
             self._install_signal_handlers()
+        for group in self.plan.groups():
+            changelog = self._factory.changelog(
+                f"{self.plan.app_name}-{group_name(group)}-changelog"
+            )
+            await changelog.ensure(group[0])
+            self._changelogs[group] = changelog
         source = self._factory.group_source(
             self.plan.app_name, sorted(self.plan.sources), self.instance_id
         )
@@ -129,6 +140,8 @@ class Worker:
                     task.close()
                 self.tasks.clear()
         await source.stop()
+        for changelog in self._changelogs.values():
+            await changelog.close()
         closed: set[int] = set()
         for sink in [*self.plan.sinks.values(), self.plan.dead_letter]:
             if sink is not None and id(sink) not in closed:
@@ -142,6 +155,13 @@ class Worker:
             task = self.tasks.get((self._group_of[topic], partition))
             if task is None:
                 continue  # revoked while the fetch was in flight
+            expected = task.offsets[topic]
+            if raws[0].offset < expected:
+                # Records before the task's position were fetched before a seek (a
+                # rebalance moved the position): they are processed already.
+                raws = [r for r in raws if r.offset >= expected]
+                if not raws:
+                    continue
             task.process(topic, raws)
 
     async def _deliver(self, tasks: Iterable[PartitionTask]) -> None:
@@ -155,23 +175,40 @@ class Worker:
 
         1. Deliver every pending output and flush every sink, awaiting each
            acknowledgement.
-        2. (Changelog: not written yet; a task without local state replays its
-           partitions from the beginning instead.)
-        3. Write each task's dirty state, timers, watermarks and next input
-           offsets in one synced RocksDB WriteBatch.
-        4. Commit the same offsets to the consumer group.
+        2. Append each task's dirty state entries (and a META record with its
+           offsets and watermarks) to its changelog partition, every record
+           carrying the checkpoint's input offsets; await the acknowledgements.
+        3. Write each task's dirty state, timers, watermarks, next input offsets
+           and changelog end offset in one synced RocksDB WriteBatch.
+        4. Commit the same input offsets to the consumer group.
 
         A crash before 3 replays from the previous snapshot (outputs may repeat,
-        identically); a crash between 3 and 4 leaves the database ahead of the
-        group, and the database wins on restart.
+        identically; the changelog records of the lost checkpoint are skipped
+        by every restore, see evtime/runtime/changelog.py); a crash between 3
+        and 4 leaves the database ahead of the group, and the database wins on
+        restart.
         """
         if self._source is None:
             return
         await self._deliver(tasks)
         await flush_all(self.plan)
-        offsets: dict[TopicPartition, int] = {}
+        prepared = []
+        appends: dict[tuple[str, ...], dict[int, Any]] = {}
         for task in tasks:
-            task.snapshot()
+            prep = task.db.prepare(collect_changes=True)
+            meta = task.snapshot_meta()
+            records = [state_record(c) for c in prep.changes]
+            records.append(meta_record(meta["offsets"], meta["watermarks"]))
+            appends.setdefault(task.group, {})[task.partition] = (records, meta["offsets"])
+            prepared.append((task, prep, meta))
+        ends: dict[tuple[str, ...], dict[int, int]] = {}
+        for group, batches in appends.items():
+            ends[group] = await self._changelogs[group].append(batches)
+        offsets: dict[TopicPartition, int] = {}
+        for task, prep, meta in prepared:
+            meta["changelog_end"] = ends[task.group][task.partition]
+            task.db.apply(prep, meta)
+            task.checkpoints += 1
             for topic in task.group:
                 if task.offsets[topic] > 0:
                     offsets[(topic, task.partition)] = task.offsets[topic]
@@ -193,48 +230,72 @@ class Worker:
             log.info("revoked %s", sorted(partitions))
 
     async def _on_assigned(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """Open the tasks of new partitions and choose where each partition resumes.
+        """Open the tasks of new partitions, reconcile their state, choose where they resume.
 
-        The task's database and the group's committed offset are reconciled:
-        equal, or database ahead (a crash between snapshot and commit): the
-        database wins. Database behind the group: resume from the database
-        (its state matches its offsets; outputs in between repeat). No database
-        but a committed offset (a new machine): without a changelog the state
-        must be rebuilt, so the partition is replayed from its beginning.
+        The task's database and the group's committed offsets are compared:
+        database equal or ahead (a crash between snapshot and commit): the
+        database wins. Database behind the group, or no database (the
+        partition moved here): the changelog is replayed from the database's
+        changelog position (or the beginning), applying only records of
+        checkpoints that a later run or the group committed to; the task then
+        resumes from the last checkpoint applied. Every opened task first
+        appends an epoch marker naming the offsets it resumes from.
         """
         if self._source is None:
             return {}
         async with self._lock:
             committed = await self._source.committed(partitions)
             starts: dict[TopicPartition, int] = {}
+            opened: set[TaskId] = set()
             for topic, partition in partitions:
                 tid = (self._group_of[topic], partition)
-                task = self.tasks.get(tid)
-                if task is None:
-                    task = PartitionTask(self.plan, tid[0], partition, self.clock)
-                    self.tasks[tid] = task
-                group_offset = committed.get((topic, partition))
-                if task.restored:
-                    db_offset = task.offsets[topic]
-                    if group_offset is not None and db_offset != group_offset:
-                        log.info(
-                            "%s[%d]: local state at offset %d, group at %d: resuming from the "
-                            "local state",
-                            topic,
-                            partition,
-                            db_offset,
-                            group_offset,
-                        )
-                    starts[(topic, partition)] = db_offset
-                else:
-                    if group_offset:
-                        log.warning(
-                            "%s[%d]: no local state but the group committed offset %d: "
-                            "replaying the partition from its beginning to rebuild state",
-                            topic,
-                            partition,
-                            group_offset,
-                        )
-                    starts[(topic, partition)] = 0
+                if tid not in self.tasks and tid not in opened:
+                    group_offsets = {t: committed.get((t, partition), 0) for t in tid[0]}
+                    self.tasks[tid] = await self._open_task(tid, group_offsets)
+                    opened.add(tid)
+                starts[(topic, partition)] = self.tasks[tid].offsets[topic]
             log.info("assigned %s", sorted(partitions))
             return starts
+
+    async def _open_task(self, tid: TaskId, committed: dict[str, int]) -> PartitionTask:
+        group, partition = tid
+        changelog = self._changelogs[group]
+        task = PartitionTask(self.plan, group, partition, self.clock)
+        behind = any(task.offsets[t] < committed.get(t, 0) for t in group)
+        if not task.restored or behind:
+            start = int(task.db.get_meta("changelog_end") or 0) if task.restored else 0
+            started = time.monotonic()
+            records = await changelog.read(partition, start)
+            plan = plan_restore(records, committed)
+            meta: dict[str, Any] = {}
+            if plan.offsets is not None:
+                meta["offsets"] = plan.offsets
+                meta["watermarks"] = plan.watermarks
+            if records:
+                meta["changelog_end"] = records[-1].offset + 1
+            task.db.write_changes(plan.changes, meta)
+            task.close()
+            task = PartitionTask(self.plan, group, partition, self.clock)
+            self.restored_records += plan.applied
+            log.info(
+                "%s[%d]: restored %d changelog records (%d skipped: uncommitted) from offset "
+                "%d in %.1f s; resuming at %s",
+                group_name(group),
+                partition,
+                plan.applied,
+                plan.skipped,
+                start,
+                time.monotonic() - started,
+                task.offsets,
+            )
+        elif any(task.offsets[t] > committed.get(t, 0) for t in group):
+            log.info(
+                "%s[%d]: local state ahead of the group (%s > %s): the local state wins",
+                group_name(group),
+                partition,
+                task.offsets,
+                committed,
+            )
+        marker = marker_record(uuid.uuid4().hex, dict(task.offsets))
+        await changelog.append({partition: ([marker], None)})
+        return task

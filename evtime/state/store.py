@@ -40,6 +40,15 @@ class CommitStats:
 
 
 @dataclass(frozen=True, slots=True)
+class Prepared:
+    """A snapshot gathered but not yet written (see :meth:`TaskDB.prepare`)."""
+
+    batch: Any
+    changes: list[Change]
+    stats: CommitStats
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
     """One entry of a snapshot, as the changelog needs it (value None = delete)."""
 
@@ -339,18 +348,35 @@ class TaskDB:
         Returns what was written; with ``collect_changes`` the state entries
         are also kept in :attr:`last_changes` for a changelog.
         """
+        prepared = self.prepare(collect_changes=collect_changes)
+        self.last_changes: list[Change] = prepared.changes
+        return self.apply(prepared, meta)
+
+    def prepare(self, *, collect_changes: bool = False) -> Prepared:
+        """Gather every dirty entry into a WriteBatch (and, if asked, a change list),
+        without writing anything: :meth:`apply` writes it. Until then nothing is
+        marked clean, so an abandoned preparation can simply be prepared again."""
         self._check_open()
         self._changes = [] if collect_changes else None
         batch = WriteBatch(raw_mode=True)
         puts = deletes = size = 0
-        for flush in self._flushers:
-            p, d, s = flush(batch)
-            puts += p
-            deletes += d
-            size += s
+        try:
+            for flush in self._flushers:
+                p, d, s = flush(batch)
+                puts += p
+                deletes += d
+                size += s
+            return Prepared(batch, self._changes or [], CommitStats(puts, deletes, size))
+        finally:
+            self._changes = None
+
+    def apply(self, prepared: Prepared, meta: dict[str, Any]) -> CommitStats:
+        """Write a prepared batch plus ``meta`` in one synced write, then mark all clean."""
+        self._check_open()
+        batch = prepared.batch
+        size = prepared.stats.bytes
         meta_handle = self._handle(META_CF)
-        meta = {"format_version": FORMAT_VERSION, **meta}
-        for key, value in meta.items():
+        for key, value in {"format_version": FORMAT_VERSION, **meta}.items():
             raw = codec.dumps(value)
             batch.put(key.encode(), raw, meta_handle)
             size += len(raw)
@@ -360,11 +386,31 @@ class TaskDB:
             raise StateError(
                 f"writing the snapshot to {self.path} failed: {exc}; check free disk space"
             ) from exc
-        self.last_changes: list[Change] = self._changes or []
-        self._changes = None
         for after in self._committers:
             after()
-        return CommitStats(puts, deletes, size)
+        return CommitStats(prepared.stats.puts, prepared.stats.deletes, size)
+
+    def write_changes(self, changes: list[Change], meta: dict[str, Any] | None = None) -> None:
+        """Apply changelog entries (restore) and ``meta`` in one synced write.
+
+        Only for a task that has not started processing: caches are not updated.
+        """
+        self._check_open()
+        batch = WriteBatch(raw_mode=True)
+        for change in changes:
+            handle = self._handle(change.store)
+            if change.value is None:
+                batch.delete(change.key, handle)
+            else:
+                batch.put(change.key, change.value, handle)
+        meta_handle = self._handle(META_CF)
+        for key, value in (meta or {}).items():
+            batch.put(key.encode(), codec.dumps(value), meta_handle)
+        self._rdict.write(batch, self._write_opts)
+
+    def column_family_names(self) -> list[str]:
+        """Every column family of the database (stores, timers, metadata)."""
+        return sorted(self._columns)
 
     def discard_uncommitted(self) -> None:
         """Forget every change since the last snapshot (used when a task is abandoned)."""

@@ -14,7 +14,7 @@ from typing import Any
 from rocksdict import ReadOptions, WriteBatch
 
 from evtime.state.codec import decode_int, encode_int
-from evtime.state.store import TaskDB, raw_keys
+from evtime.state.store import Change, TaskDB, raw_keys
 
 _LAST = (1 << 63) - 1  # MAX_TIMESTAMP: nothing can be scheduled after it
 
@@ -153,10 +153,14 @@ class TimerQueue:
 
     def _flush(self, batch: WriteBatch) -> tuple[int, int, int]:
         handle = self._db._handle(self.name)
+        changes = self._db._changes
         for full in self._pending:
             batch.put(full, b"", handle)
         for full in self._deleted:
             batch.delete(full, handle)
+        if changes is not None:
+            changes.extend(Change(self.name, full, b"") for full in self._pending)
+            changes.extend(Change(self.name, full, None) for full in self._deleted)
         size = sum(len(k) for k in self._pending) + sum(len(k) for k in self._deleted)
         if self._pending and self._scanned_to is not None:
             # A timer registered behind the scan position must still be found.

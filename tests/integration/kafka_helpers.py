@@ -95,6 +95,20 @@ async def consume_all(bootstrap: str, topic: str, *, expect: int, timeout_s: flo
     return out
 
 
+def keyed_stream(
+    n: int, *, seed: int, partitions: int
+) -> tuple[list[tuple[int, bytes | None, bytes]], list[list[dict[str, Any]]]]:
+    """Records to produce (partition, key, value) and the good events of each partition."""
+    events = make_events(n, users=300, seed=seed)
+    per_partition: list[list[dict[str, Any]]] = [[] for _ in range(partitions)]
+    records: list[tuple[int, bytes | None, bytes]] = []
+    for e in events:
+        p = partition_of(e["user"], partitions)
+        per_partition[p].append(e)
+        records.append((p, e["user"].encode(), orjson.dumps(e)))
+    return records, per_partition
+
+
 def reference_counts(
     per_partition: list[list[dict[str, Any]]], size: int, ooo: int
 ) -> tuple[dict[str, int], int]:
@@ -122,6 +136,18 @@ def reference_counts(
     return counts, late
 
 
+def worker_env(name: str, tmp_path: Path) -> dict[str, str]:
+    """The env of ``jobs/window_job.py``: topics, state dir and a static instance id."""
+    return {
+        "EVTIME_TEST_APP": name,
+        "EVTIME_TEST_IN": f"{name}-in",
+        "EVTIME_TEST_OUT": f"{name}-out",
+        "EVTIME_TEST_DLQ": f"{name}-dlq",
+        "EVTIME_STATE_DIR": str(tmp_path / "state"),
+        "EVTIME_INSTANCE_ID": f"{name}-worker-1",
+    }
+
+
 def start_worker(job: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     log = log_path.open("ab")
@@ -145,3 +171,25 @@ def decode_outputs(records: list[Any]) -> list[tuple[str, dict[str, Any]]]:
         headers = dict(r.headers or ())
         out.append((headers["evtime-id"].decode(), orjson.loads(r.value)))
     return out
+
+
+def check_windows(outputs: list[tuple[str, dict[str, Any]]], expected: dict[str, int]) -> int:
+    """Every expected window is present with the right count; duplicates are identical.
+
+    Returns the number of duplicate emissions.
+    """
+    seen: dict[str, dict[str, Any]] = {}
+    duplicates = 0
+    for wid, value in outputs:
+        if wid in seen:
+            duplicates += 1
+            assert seen[wid] == value, f"window {wid} emitted twice with different results"
+        seen[wid] = value
+    got = {wid: v["count"] for wid, v in seen.items()}
+    missing = set(expected) - set(got)
+    extra = set(got) - set(expected)
+    assert not missing, f"{len(missing)} windows missing, e.g. {sorted(missing)[:3]}"
+    assert not extra, f"{len(extra)} unexpected windows, e.g. {sorted(extra)[:3]}"
+    wrong = {w for w in expected if got[w] != expected[w]}
+    assert not wrong, f"{len(wrong)} windows with wrong counts, e.g. {sorted(wrong)[:3]}"
+    return duplicates

@@ -6,21 +6,21 @@ import asyncio
 import random
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 from tests.integration.kafka_helpers import (
+    check_windows,
     consume_all,
     create_topics,
     decode_outputs,
-    make_events,
-    partition_of,
+    keyed_stream,
     produce,
     reference_counts,
     start_worker,
     stop_worker,
+    worker_env,
 )
 
 pytestmark = pytest.mark.kafka
@@ -30,56 +30,11 @@ SIZE = 10_000
 OOO = 5_000
 
 
-def _stream(n: int, seed: int) -> tuple[list[tuple[int, bytes | None, bytes]], list[list[Any]]]:
-    """Records to produce (partition, key, value) and the good events of each partition."""
-    events = make_events(n, users=300, seed=seed)
-    per_partition: list[list[Any]] = [[] for _ in range(PARTITIONS)]
-    records = []
-    for e in events:
-        p = partition_of(e["user"], PARTITIONS)
-        per_partition[p].append(e)
-        records.append((p, e["user"].encode(), orjson.dumps(e)))
-    return records, per_partition
-
-
-def _env(name: str, tmp_path: Path) -> dict[str, str]:
-    return {
-        "EVTIME_TEST_APP": name,
-        "EVTIME_TEST_IN": f"{name}-in",
-        "EVTIME_TEST_OUT": f"{name}-out",
-        "EVTIME_TEST_DLQ": f"{name}-dlq",
-        "EVTIME_STATE_DIR": str(tmp_path / "state"),
-        "EVTIME_INSTANCE_ID": f"{name}-worker-1",
-    }
-
-
-def _check(outputs: list[tuple[str, dict[str, Any]]], expected: dict[str, int]) -> int:
-    """Every expected window is present with the right count; duplicates are identical.
-
-    Returns the number of duplicate emissions.
-    """
-    seen: dict[str, dict[str, Any]] = {}
-    duplicates = 0
-    for wid, value in outputs:
-        if wid in seen:
-            duplicates += 1
-            assert seen[wid] == value, f"window {wid} emitted twice with different results"
-        seen[wid] = value
-    got = {wid: v["count"] for wid, v in seen.items()}
-    missing = set(expected) - set(got)
-    extra = set(got) - set(expected)
-    assert not missing, f"{len(missing)} windows missing, e.g. {sorted(missing)[:3]}"
-    assert not extra, f"{len(extra)} unexpected windows, e.g. {sorted(extra)[:3]}"
-    wrong = {w for w in expected if got[w] != expected[w]}
-    assert not wrong, f"{len(wrong)} windows with wrong counts, e.g. {sorted(wrong)[:3]}"
-    return duplicates
-
-
 def test_worker_computes_the_reference_and_routes_bad_input_to_the_dlq(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
-    env = _env(unique_name, tmp_path)
-    records, per_partition = _stream(20_000, seed=1)
+    env = worker_env(unique_name, tmp_path)
+    records, per_partition = keyed_stream(20_000, seed=1, partitions=PARTITIONS)
     bad = [
         (0, b"u-bad", b"{not json"),
         (1, b"u-bad", orjson.dumps({"user": "u-bad"})),  # no timestamp
@@ -113,7 +68,7 @@ def test_worker_computes_the_reference_and_routes_bad_input_to_the_dlq(
     log = (tmp_path / "worker.log").read_text()
     assert code == 0, f"worker exited with {code}:\n{log[-3000:]}"
     assert "stopped after" in log
-    _check(decode_outputs(out), expected)
+    check_windows(decode_outputs(out), expected)
     reasons = [dict(r.headers)["evtime-reason"].decode() for r in dead]
     assert sorted(r for r in reasons if r != "late") == ["decode", "timestamp", "timestamp"]
     assert reasons.count("late") == late
@@ -128,9 +83,9 @@ def test_worker_computes_the_reference_and_routes_bad_input_to_the_dlq(
 def test_kill_9_at_random_moments_loses_nothing_and_duplicates_are_identical(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
-    env = _env(unique_name, tmp_path)
+    env = worker_env(unique_name, tmp_path)
     env["EVTIME_TEST_CHECKPOINT"] = "300ms"
-    records, per_partition = _stream(60_000, seed=2)
+    records, per_partition = keyed_stream(60_000, seed=2, partitions=PARTITIONS)
     expected, _late = reference_counts(per_partition, SIZE, OOO)
     asyncio.run(
         create_topics(
@@ -173,5 +128,5 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_are_identical(
     log = (tmp_path / "worker.log").read_text()
     assert code == 0, f"worker exited with {code}:\n{log[-3000:]}"
     assert kills == 6
-    duplicates = _check(decode_outputs(out), expected)
+    duplicates = check_windows(decode_outputs(out), expected)
     print(f"{len(expected)} windows, {duplicates} identical re-emissions after {kills} kills")

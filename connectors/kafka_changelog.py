@@ -1,0 +1,183 @@
+"""Changelog topics on Kafka: one compacted topic per topic group, a partition per task.
+
+Appends go through an idempotent producer (acks=all) and return the
+partition's end offset once every record is acknowledged; reads assign the
+partition directly (no consumer group) and stop at the end offset taken when
+the read began.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from evtime.errors import ConfigError
+from evtime.records import ChangelogRecord
+from evtime.runtime.changelog import CHECKPOINT_HEADER
+
+log = logging.getLogger("evtime.changelog")
+
+
+async def _partition_count(admin: AIOKafkaAdminClient, topic: str) -> int:
+    for _ in range(100):
+        meta = await admin.describe_topics([topic])
+        found = meta[0].get("partitions") if meta else None
+        if found:
+            return len(found)
+        await asyncio.sleep(0.1)
+    raise ConfigError(f"source topic {topic!r} does not exist; create it before starting")
+
+
+class KafkaChangelog:
+    """The changelog topic ``topic`` (created compacted, with ``partitions`` partitions)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self._producer: AIOKafkaProducer | None = None
+
+    async def ensure(self, source_topic: str) -> None:
+        """Create the topic, with ``source_topic``'s partition count, if it is missing;
+        check its partition count if it exists."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            partitions = await _partition_count(admin, source_topic)
+            cluster = await admin.describe_cluster()
+            replicas = max(1, min(3, len(cluster.get("brokers") or [])))
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            self.topic,
+                            num_partitions=partitions,
+                            replication_factor=replicas,
+                            topic_configs={
+                                "cleanup.policy": "compact",
+                                # Keep recent records uncompacted for an hour: a restore
+                                # may still need a checkpoint's older values (see
+                                # evtime/runtime/changelog.py).
+                                "min.compaction.lag.ms": "3600000",
+                            },
+                        )
+                    ]
+                )
+            for _ in range(100):
+                meta = await admin.describe_topics([self.topic])
+                found = meta[0].get("partitions") if meta else None
+                if found:
+                    if len(found) != partitions:
+                        raise ConfigError(
+                            f"changelog topic {self.topic!r} has {len(found)} partitions, the "
+                            f"source has {partitions}; delete the changelog topic (and the "
+                            "state) or restore the source's partition count"
+                        )
+                    return
+                await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=5,
+                max_batch_size=512 * 1024,
+            )
+            await producer.start()
+            self._producer = producer
+        return self._producer
+
+    async def append(
+        self,
+        batches: dict[int, tuple[Sequence[tuple[bytes, bytes | None]], dict[str, int] | None]],
+    ) -> dict[int, int]:
+        """Append records per partition (with their checkpoint's offsets in a header) and
+        return each partition's end offset once everything is acknowledged."""
+        producer = await self._ensure_producer()
+        # Per partition: the future of its last batch and that batch's record count.
+        last: dict[int, tuple[Any, int]] = {}
+        sent: list[Any] = []
+        for partition, (records, checkpoint) in batches.items():
+            headers = (
+                [(CHECKPOINT_HEADER, orjson.dumps(checkpoint))] if checkpoint is not None else []
+            )
+            batch = producer.create_batch()
+            count = 0
+            for key, value in records:
+                if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    fut = await producer.send_batch(batch, self.topic, partition=partition)
+                    last[partition] = (fut, count)
+                    sent.append(fut)
+                    batch = producer.create_batch()
+                    batch.append(timestamp=None, key=key, value=value, headers=headers)
+                    count = 0
+                count += 1
+            if count:
+                fut = await producer.send_batch(batch, self.topic, partition=partition)
+                last[partition] = (fut, count)
+                sent.append(fut)
+        for fut in sent:
+            await fut  # every batch acknowledged (raises on a failed delivery)
+        ends: dict[int, int] = {}
+        for partition, (fut, count) in last.items():
+            meta = await fut  # the batch's base offset, once acknowledged
+            ends[partition] = meta.offset + count
+        return ends
+
+    async def end_offsets(self, partitions: list[int]) -> dict[int, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.topic, p) for p in partitions]
+            ends = await consumer.end_offsets(tps)
+            return {tp.partition: off for tp, off in ends.items()}
+        finally:
+            await consumer.stop()
+
+    async def read(self, partition: int, start: int) -> list[ChangelogRecord]:
+        """Every record of ``partition`` from offset ``start`` to the current end."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        await consumer.start()
+        tp = TopicPartition(self.topic, partition)
+        out: list[ChangelogRecord] = []
+        try:
+            consumer.assign([tp])
+            end = (await consumer.end_offsets([tp]))[tp]
+            if start >= end:
+                return out
+            consumer.seek(tp, start)
+            while await consumer.position(tp) < end:
+                batches = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
+                for r in batches.get(tp, []):
+                    if r.offset >= end:
+                        break
+                    header = dict(r.headers or ()).get(CHECKPOINT_HEADER)
+                    out.append(
+                        ChangelogRecord(
+                            r.offset, r.key, r.value, orjson.loads(header) if header else None
+                        )
+                    )
+            return out
+        finally:
+            await consumer.stop()
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
