@@ -74,6 +74,56 @@ class KafkaSource:
         """The changelog topic ``topic`` on this source's cluster."""
         return KafkaChangelog(self.bootstrap, topic)
 
+    def transaction(self, transactional_id: str) -> KafkaTransaction:
+        """A transactional producer for one task (exactly-once)."""
+        return KafkaTransaction(self.bootstrap, transactional_id)
+
+
+class KafkaTransaction:
+    """One task's transactional producer.
+
+    Its ``transactional_id`` is stable per task (app, topic group, partition):
+    starting it fences any zombie producer of a previous owner of the task and
+    aborts that owner's open transaction.
+    """
+
+    def __init__(self, bootstrap: str, transactional_id: str) -> None:
+        self.transactional_id = transactional_id
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            transactional_id=transactional_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+        )
+        self._started = False
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        return self._producer
+
+    async def begin(self) -> None:
+        if not self._started:
+            await self._producer.start()
+            self._started = True
+        await self._producer.begin_transaction()
+
+    async def commit(self, offsets: dict[TP, int], group_id: str) -> None:
+        if offsets:
+            await self._producer.send_offsets_to_transaction(
+                {TopicPartition(t, p): o for (t, p), o in offsets.items()}, group_id
+            )
+        await self._producer.commit_transaction()
+
+    async def abort(self) -> None:
+        await self._producer.abort_transaction()
+
+    async def close(self) -> None:
+        if self._started:
+            self._started = False
+            await self._producer.stop()
+
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: KafkaGroupSource) -> None:
@@ -114,6 +164,11 @@ class KafkaGroupSource:
         self._consumer: AIOKafkaConsumer | None = None
         self._on_assigned: AssignCallback | None = None
         self._on_revoked: RevokeCallback | None = None
+
+    @property
+    def group_id(self) -> str:
+        group: str = self._settings["group_id"]
+        return group
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
@@ -231,22 +286,34 @@ class KafkaSink:
         Records are appended to one batch per partition and handed to the producer
         a batch at a time (no per-record future): delivery is awaited by :meth:`flush`.
         """
-        await self._send(
-            [
-                (
-                    _key_bytes(o.key),
-                    orjson.dumps(o.value, option=orjson.OPT_NON_STR_KEYS),
-                    o.timestamp if 0 <= o.timestamp < _MAX_TS else None,
-                    [("evtime-id", o.id.encode())] if o.id is not None else [],
-                )
-                for o in outputs
-            ]
-        )
+        await self._send(self._records(outputs))
 
-    async def _send(self, records: list[_Rec]) -> None:
+    async def write_in(self, producer: object, outputs: Sequence[Output]) -> None:
+        """Write ``outputs`` with a task's transactional producer (exactly-once)."""
+        if not isinstance(producer, AIOKafkaProducer):
+            raise ConfigError("write_in needs an aiokafka producer")
+        await self._send(self._records(outputs), producer)
+
+    @staticmethod
+    def _records(outputs: Sequence[Output]) -> list[_Rec]:
+        return [
+            (
+                _key_bytes(o.key),
+                orjson.dumps(o.value, option=orjson.OPT_NON_STR_KEYS),
+                o.timestamp if 0 <= o.timestamp < _MAX_TS else None,
+                [("evtime-id", o.id.encode())] if o.id is not None else [],
+            )
+            for o in outputs
+        ]
+
+    async def _send(self, records: list[_Rec], producer: AIOKafkaProducer | None = None) -> None:
+        """Produce ``records``; with a transactional ``producer`` delivery is checked by the
+        transaction's commit, else by :meth:`flush`."""
         if not records:
             return
-        producer = await self._ensure()
+        own = producer is None
+        if producer is None:
+            producer = await self._ensure()
         count = await self._partitions(producer)
         batches: dict[int, Any] = {}
         for key, value, ts, headers in records:
@@ -259,13 +326,15 @@ class KafkaSink:
             if batch is None:
                 batch = batches[partition] = producer.create_batch()
             if batch.append(timestamp=ts, key=key, value=value, headers=headers) is None:
-                self._pending.append(
-                    await producer.send_batch(batch, self.topic, partition=partition)
-                )
+                fut = await producer.send_batch(batch, self.topic, partition=partition)
+                if own:
+                    self._pending.append(fut)
                 batch = batches[partition] = producer.create_batch()
                 batch.append(timestamp=ts, key=key, value=value, headers=headers)
         for partition, batch in batches.items():
-            self._pending.append(await producer.send_batch(batch, self.topic, partition=partition))
+            fut = await producer.send_batch(batch, self.topic, partition=partition)
+            if own:
+                self._pending.append(fut)
 
     async def flush(self) -> None:
         if self._producer is None:
@@ -288,7 +357,8 @@ class KafkaSink:
 class KafkaDeadLetterSink(KafkaSink):
     """The dead-letter topic: the original bytes as value, the reason and position in headers."""
 
-    async def write_dead(self, letters: Sequence[DeadLetter]) -> None:
+    @staticmethod
+    def _dead_records(letters: Sequence[DeadLetter]) -> list[_Rec]:
         records: list[_Rec] = []
         for d in letters:
             value = d.value if isinstance(d.value, bytes) else orjson.dumps(d.to_dict()["value"])
@@ -302,4 +372,13 @@ class KafkaDeadLetterSink(KafkaSink):
             if d.operator:
                 headers.append(("evtime-operator", d.operator.encode()))
             records.append((_key_bytes(d.key), value, None, headers))
-        await self._send(records)
+        return records
+
+    async def write_dead(self, letters: Sequence[DeadLetter]) -> None:
+        await self._send(self._dead_records(letters))
+
+    async def write_dead_in(self, producer: object, letters: Sequence[DeadLetter]) -> None:
+        """Write dead letters with a task's transactional producer (exactly-once)."""
+        if not isinstance(producer, AIOKafkaProducer):
+            raise ConfigError("write_dead_in needs an aiokafka producer")
+        await self._send(self._dead_records(letters), producer)

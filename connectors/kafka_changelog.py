@@ -101,10 +101,16 @@ class KafkaChangelog:
     async def append(
         self,
         batches: dict[int, tuple[Sequence[tuple[bytes, bytes | None]], dict[str, int] | None]],
+        producer: object | None = None,
     ) -> dict[int, int]:
         """Append records per partition (with their checkpoint's offsets in a header) and
-        return each partition's end offset once everything is acknowledged."""
-        producer = await self._ensure_producer()
+        return each partition's end offset once everything is acknowledged.
+
+        With a task's transactional ``producer`` the records join its transaction."""
+        if producer is None:
+            producer = await self._ensure_producer()
+        if not isinstance(producer, AIOKafkaProducer):
+            raise ConfigError("append needs an aiokafka producer")
         # Per partition: the future of its last batch and that batch's record count.
         last: dict[int, tuple[Any, int]] = {}
         sent: list[Any] = []
@@ -151,6 +157,8 @@ class KafkaChangelog:
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # Records of aborted transactions (exactly-once) are never restored.
+            isolation_level="read_committed",
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
         await consumer.start()

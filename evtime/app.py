@@ -32,7 +32,7 @@ from evtime.io import DeadLetterSink, Sink
 from evtime.operators.process import ProcessContext, ProcessSpec, Timer
 from evtime.operators.window import WindowSpec
 from evtime.plan import Plan, SourceSpec
-from evtime.records import ErrorPolicy, Record, WindowResult
+from evtime.records import ErrorPolicy, Guarantee, Record, WindowResult
 from evtime.serde import KeySpec, TimestampSpec, ValueFormat
 from evtime.time import Clock, Duration, to_millis
 from evtime.watermarks import WatermarkStrategy
@@ -85,7 +85,9 @@ class App:
     ``checkpoint_interval`` is how often state and offsets are snapshotted
     together; ``on_error`` decides what a bad record does (dead-letter output
     by default, or ``ErrorPolicy.FAIL_FAST``); ``dead_letter`` is where bad and
-    late records go (default: ``<state_dir>/<app>/dead-letters.jsonl``).
+    late records go (default: ``<state_dir>/<app>/dead-letters.jsonl``);
+    ``processing`` is ``"at_least_once"`` (default) or ``"exactly_once"`` (Kafka
+    transactions; applies when the app runs on Kafka).
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class App:
         dead_letter: DeadLetterSink | None = None,
         batch_size: int = 2_000,
         clock: Clock | None = None,
+        processing: Guarantee | str = Guarantee.AT_LEAST_ONCE,
     ) -> None:
         if not name or "/" in name:
             raise ConfigError(f"app name {name!r} must be a non-empty name without '/'")
@@ -108,6 +111,12 @@ class App:
         except ValueError:
             raise ConfigError(
                 f"on_error={on_error!r}: use 'dead_letter' or 'fail_fast'"
+            ) from None
+        try:
+            guarantee = Guarantee(processing) if isinstance(processing, str) else processing
+        except ValueError:
+            raise ConfigError(
+                f"processing={processing!r}: use 'at_least_once' or 'exactly_once'"
             ) from None
         self.name = name
         self.clock = clock
@@ -123,6 +132,7 @@ class App:
 
             dead_letter = JsonLinesSink(Path(state_dir) / name / "dead-letters.jsonl")
         self.plan.dead_letter = dead_letter
+        self.plan.guarantee = guarantee
 
     # -- declarations -------------------------------------------------------------
     def source(

@@ -76,6 +76,9 @@ class GroupSource(Protocol):
         self, timeout_ms: int, max_records: int
     ) -> dict[TopicPartition, list[RawRecord]]: ...
 
+    @property
+    def group_id(self) -> str: ...
+
     async def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         """The group's committed next offsets (partitions without a commit are absent)."""
         ...
@@ -109,6 +112,8 @@ class GroupSourceFactory(Protocol):
 
     def changelog(self, topic: str) -> Changelog: ...
 
+    def transaction(self, transactional_id: str) -> Transaction: ...
+
 
 @runtime_checkable
 class Changelog(Protocol):
@@ -119,8 +124,42 @@ class Changelog(Protocol):
     async def append(
         self,
         batches: dict[int, tuple[Sequence[tuple[bytes, bytes | None]], dict[str, int] | None]],
+        producer: object | None = None,
     ) -> dict[int, int]: ...
 
     async def read(self, partition: int, start: int) -> list[ChangelogRecord]: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Transaction(Protocol):
+    """A task's transactional producer (exactly-once): outputs, changelog entries and
+    input offsets commit together or not at all."""
+
+    @property
+    def producer(self) -> object:
+        """The client that transactional sinks and the changelog produce with."""
+        ...
+
+    async def begin(self) -> None: ...
+
+    async def commit(self, offsets: dict[TopicPartition, int], group_id: str) -> None:
+        """Add ``offsets`` to the transaction (as the group's) and commit it."""
+        ...
+
+    async def abort(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class TransactionalSink(Protocol):
+    """A sink that can write inside a task's transaction (a Kafka topic)."""
+
+    async def write_in(self, producer: object, outputs: Sequence[Output]) -> None: ...
+
+
+@runtime_checkable
+class TransactionalDeadLetterSink(Protocol):
+    async def write_dead_in(self, producer: object, letters: Sequence[DeadLetter]) -> None: ...

@@ -13,7 +13,7 @@ from evtime.errors import ConfigError
 from evtime.io import DeadLetterSink, Sink
 from evtime.operators.process import ProcessSpec
 from evtime.operators.window import WindowSpec
-from evtime.records import ErrorPolicy
+from evtime.records import ErrorPolicy, Guarantee
 from evtime.serde import KeySpec, TimestampSpec, ValueFormat
 from evtime.watermarks import WatermarkStrategy
 
@@ -46,6 +46,7 @@ class Plan:
     operators: list[OperatorSpec] = field(default_factory=list)
     sinks: dict[str, Sink] = field(default_factory=dict)
     dead_letter: DeadLetterSink | None = None
+    guarantee: Guarantee = Guarantee.AT_LEAST_ONCE
 
     def groups(self) -> list[tuple[str, ...]]:
         """Topics that must be processed together (an operator reading several ties them).

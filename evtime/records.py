@@ -210,6 +210,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+class Guarantee(enum.Enum):
+    """The processing guarantee of an app running on Kafka."""
+
+    AT_LEAST_ONCE = "at_least_once"
+    """Sinks flushed, then snapshot, then offsets committed: a crash may repeat outputs
+    (identically). The default."""
+    EXACTLY_ONCE = "exactly_once"
+    """Kafka outputs, changelog entries and input offsets commit in one Kafka transaction
+    per task: a ``read_committed`` consumer sees every result once."""
+
+
 class ErrorPolicy(enum.Enum):
     """What happens to a bad record."""
 

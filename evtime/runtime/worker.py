@@ -17,8 +17,17 @@ from collections.abc import Iterable
 from typing import Any
 
 from evtime.errors import ConfigError
-from evtime.io import Changelog, GroupSource, GroupSourceFactory, TopicPartition
+from evtime.io import (
+    Changelog,
+    GroupSource,
+    GroupSourceFactory,
+    TopicPartition,
+    Transaction,
+    TransactionalDeadLetterSink,
+    TransactionalSink,
+)
 from evtime.plan import Plan
+from evtime.records import Guarantee
 from evtime.runtime.changelog import marker_record, meta_record, plan_restore, state_record
 from evtime.runtime.gc import tune_gc
 from evtime.runtime.local import deliver, flush_all
@@ -65,6 +74,8 @@ class Worker:
         self.tasks: dict[TaskId, PartitionTask] = {}
         self._source: GroupSource | None = None
         self._changelogs: dict[tuple[str, ...], Changelog] = {}
+        self._txns: dict[TaskId, Transaction] = {}
+        self.exactly_once = plan.guarantee is Guarantee.EXACTLY_ONCE
         self.restored_records = 0
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -139,6 +150,10 @@ class Worker:
                 for task in self.tasks.values():
                     task.close()
                 self.tasks.clear()
+                for txn in self._txns.values():
+                    # An open transaction that was not committed is aborted with it.
+                    await txn.close()
+                self._txns.clear()
         await source.stop()
         for changelog in self._changelogs.values():
             await changelog.close()
@@ -167,8 +182,24 @@ class Worker:
     async def _deliver(self, tasks: Iterable[PartitionTask]) -> None:
         for task in tasks:
             outputs, dead = task.take()
-            if outputs or dead:
+            if not (outputs or dead):
+                continue
+            txn = self._txns.get((task.group, task.partition))
+            if txn is None:
                 await deliver(self.plan, outputs, dead)
+                continue
+            # Exactly-once: Kafka sinks write inside the task's open transaction.
+            for output_id, batch in outputs.items():
+                sink = self.plan.sinks[output_id]
+                if isinstance(sink, TransactionalSink):
+                    await sink.write_in(txn.producer, batch)
+                else:
+                    await sink.write(batch)
+            dl = self.plan.dead_letter
+            if dead and isinstance(dl, TransactionalDeadLetterSink):
+                await dl.write_dead_in(txn.producer, dead)
+            elif dead:
+                await deliver(self.plan, {}, dead)
 
     async def _checkpoint(self, tasks: list[PartitionTask]) -> None:
         """Checkpoint ``tasks`` (at-least-once).
@@ -201,20 +232,43 @@ class Worker:
             records.append(meta_record(meta["offsets"], meta["watermarks"]))
             appends.setdefault(task.group, {})[task.partition] = (records, meta["offsets"])
             prepared.append((task, prep, meta))
-        ends: dict[tuple[str, ...], dict[int, int]] = {}
-        for group, batches in appends.items():
-            ends[group] = await self._changelogs[group].append(batches)
-        offsets: dict[TopicPartition, int] = {}
-        for task, prep, meta in prepared:
-            meta["changelog_end"] = ends[task.group][task.partition]
-            task.db.apply(prep, meta)
-            task.checkpoints += 1
-            for topic in task.group:
-                if task.offsets[topic] > 0:
-                    offsets[(topic, task.partition)] = task.offsets[topic]
-        await self._source.commit(offsets)
+        if self.exactly_once:
+            await self._commit_transactions(prepared, appends)
+        else:
+            ends: dict[tuple[str, ...], dict[int, int]] = {}
+            for group, batches in appends.items():
+                ends[group] = await self._changelogs[group].append(batches)
+            offsets: dict[TopicPartition, int] = {}
+            for task, prep, meta in prepared:
+                meta["changelog_end"] = ends[task.group][task.partition]
+                task.db.apply(prep, meta)
+                task.checkpoints += 1
+                offsets.update(_next_offsets(task))
+            await self._source.commit(offsets)
         self._last_checkpoint = self.clock.now_ms()
         self.checkpoints += 1
+
+    async def _commit_transactions(
+        self, prepared: list[tuple[PartitionTask, Any, dict[str, Any]]], appends: dict[Any, Any]
+    ) -> None:
+        """Exactly-once, per task: the changelog entries join the task's transaction (its
+        outputs are in it already), the input offsets are added as the group's, the
+        transaction commits, and only then is the snapshot written to RocksDB. A new
+        transaction begins at once for the next interval."""
+        if self._source is None:
+            return
+        for task, prep, meta in prepared:
+            tid = (task.group, task.partition)
+            txn = self._txns[tid]
+            batch = appends[task.group][task.partition]
+            ends = await self._changelogs[task.group].append(
+                {task.partition: batch}, producer=txn.producer
+            )
+            await txn.commit(_next_offsets(task), self._source.group_id)
+            meta["changelog_end"] = ends[task.partition]
+            task.db.apply(prep, meta)
+            task.checkpoints += 1
+            await txn.begin()
 
     # -- rebalance -------------------------------------------------------------------
     async def _on_revoked(self, partitions: list[TopicPartition]) -> None:
@@ -227,6 +281,9 @@ class Worker:
                 task = self.tasks.pop(i, None)
                 if task is not None:
                     task.close()
+                txn = self._txns.pop(i, None)
+                if txn is not None:
+                    await txn.close()
             log.info("revoked %s", sorted(partitions))
 
     async def _on_assigned(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
@@ -244,6 +301,17 @@ class Worker:
         if self._source is None:
             return {}
         async with self._lock:
+            if self.exactly_once:
+                # Fence the task's previous producer (a zombie owner) first: that aborts its
+                # open transaction, so committed offsets and the changelog are stable.
+                for topic, partition in partitions:
+                    tid = (self._group_of[topic], partition)
+                    if tid not in self._txns:
+                        txn = self._factory.transaction(
+                            f"{self.plan.app_name}-{group_name(tid[0])}-{partition}"
+                        )
+                        await txn.begin()
+                        self._txns[tid] = txn
             committed = await self._source.committed(partitions)
             starts: dict[TopicPartition, int] = {}
             opened: set[TaskId] = set()
@@ -299,3 +367,12 @@ class Worker:
         marker = marker_record(uuid.uuid4().hex, dict(task.offsets))
         await changelog.append({partition: ([marker], None)})
         return task
+
+
+def _next_offsets(task: PartitionTask) -> dict[TopicPartition, int]:
+    """The task's next input offsets, as the group commits them."""
+    return {
+        (topic, task.partition): task.offsets[topic]
+        for topic in task.group
+        if task.offsets[topic] > 0
+    }

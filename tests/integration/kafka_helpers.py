@@ -68,11 +68,22 @@ async def produce(
         await producer.stop()
 
 
-async def consume_all(bootstrap: str, topic: str, *, expect: int, timeout_s: float) -> list[Any]:
+async def consume_all(
+    bootstrap: str,
+    topic: str,
+    *,
+    expect: int,
+    timeout_s: float,
+    isolation_level: str = "read_uncommitted",
+) -> list[Any]:
     """Read ``topic`` from the beginning until ``expect`` distinct records arrived (records
     with the same ``evtime-id`` header count once: re-emissions are not progress)."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
     )
     await consumer.start()
     out: list[Any] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -80,11 +81,15 @@ def test_worker_computes_the_reference_and_routes_bad_input_to_the_dlq(
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_loses_nothing_and_duplicates_are_identical(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+@pytest.mark.parametrize("processing", ["at_least_once", "exactly_once"])
+def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing_visible(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, processing: str
 ) -> None:
+    """at_least_once: nothing missing, every duplicate an identical re-emission.
+    exactly_once: a read_committed consumer sees every window exactly once."""
     env = worker_env(unique_name, tmp_path)
     env["EVTIME_TEST_CHECKPOINT"] = "300ms"
+    env["EVTIME_TEST_PROCESSING"] = processing
     records, per_partition = keyed_stream(60_000, seed=2, partitions=PARTITIONS)
     expected, _late = reference_counts(per_partition, SIZE, OOO)
     asyncio.run(
@@ -97,30 +102,42 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_are_identical(
             },
         )
     )
-    # The input is produced live, in small paced batches, while the worker runs; the
-    # worker is SIGKILLed at random moments of that stream, restarted, and at the end
-    # runs until every window is out.
+
+    # The input is produced live by a background thread, in small paced batches, while the
+    # worker runs; the worker is SIGKILLed at random moments (so kills land while it is
+    # processing, checkpointing or starting), restarted, and at the end runs until every
+    # window is out.
+    def feed() -> None:
+        for i in range(0, len(records), 600):
+            asyncio.run(
+                produce(kafka_bootstrap, env["EVTIME_TEST_IN"], PARTITIONS, records[i : i + 600])
+            )
+            time.sleep(0.15)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
     rng = random.Random(7)
     kills = 0
-    sent = 0
     proc = start_worker("window_job.py", env, tmp_path / "worker.log")
-    while sent < len(records):
-        step = rng.randrange(2_000, 6_000)
-        asyncio.run(
-            produce(kafka_bootstrap, env["EVTIME_TEST_IN"], PARTITIONS, records[sent : sent + step])
-        )
-        sent += step
-        if kills < 6 and sent < len(records):
-            time.sleep(rng.uniform(0.3, 2.0))
+    try:
+        while kills < 6:
+            time.sleep(rng.uniform(2.0, 4.0))
             assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
             proc.kill()  # SIGKILL: no checkpoint, no goodbye to the group
             proc.wait()
             kills += 1
             proc = start_worker("window_job.py", env, tmp_path / "worker.log")
+    finally:
+        feeder.join()
+    isolation = "read_committed" if processing == "exactly_once" else "read_uncommitted"
     try:
         out = asyncio.run(
             consume_all(
-                kafka_bootstrap, env["EVTIME_TEST_OUT"], expect=len(expected), timeout_s=120
+                kafka_bootstrap,
+                env["EVTIME_TEST_OUT"],
+                expect=len(expected),
+                timeout_s=120,
+                isolation_level=isolation,
             )
         )
     finally:
@@ -129,4 +146,6 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_are_identical(
     assert code == 0, f"worker exited with {code}:\n{log[-3000:]}"
     assert kills == 6
     duplicates = check_windows(decode_outputs(out), expected)
-    print(f"{len(expected)} windows, {duplicates} identical re-emissions after {kills} kills")
+    print(f"{processing}: {len(expected)} windows, {duplicates} re-emissions after {kills} kills")
+    if processing == "exactly_once":
+        assert duplicates == 0

@@ -12,6 +12,7 @@ app = App(
     state_dir=os.environ["EVTIME_STATE_DIR"],
     checkpoint_interval=os.environ.get("EVTIME_TEST_CHECKPOINT", "500ms"),
     dead_letter=KafkaDeadLetterSink(os.environ["EVTIME_TEST_DLQ"]),
+    processing=os.environ.get("EVTIME_TEST_PROCESSING", "at_least_once"),
 )
 events = app.source(
     os.environ["EVTIME_TEST_IN"],
