@@ -217,9 +217,7 @@ class JsonLinesSink:
 
     async def write_dead(self, letters: Sequence[DeadLetter]) -> None:
         if letters:
-            self._handle().write(
-                b"".join(orjson.dumps(d.to_dict()) + b"\n" for d in letters)
-            )
+            self._handle().write(b"".join(orjson.dumps(d.to_dict()) + b"\n" for d in letters))
 
     async def flush(self) -> None:
         if self._file is not None:
