@@ -127,6 +127,8 @@ async def engine(bootstrap: str, topic: str, ends: dict[int, int], state_dir: st
     elapsed = time.perf_counter() - t0
     worker.stop()
     await run
+    phases = "  ".join(f"{k} {v:.2f}s" for k, v in worker.timings.items())
+    print(f"  evtime loop phases: {phases}")
     return elapsed
 
 

@@ -265,6 +265,7 @@ class KafkaSink:
         self._producer: AIOKafkaProducer | None = None
         self._pending: list[asyncio.Future[Any]] = []
         self._partition_count: int | None = None
+        self._key_partition: dict[bytes, int] = {}
         self._round_robin = 0
 
     async def _ensure(self) -> AIOKafkaProducer:
@@ -316,12 +317,19 @@ class KafkaSink:
             producer = await self._ensure()
         count = await self._partitions(producer)
         batches: dict[int, Any] = {}
+        cache = self._key_partition
+        if len(cache) > 100_000:
+            cache.clear()
         for key, value, ts, headers in records:
             if key is None:
                 partition = self._round_robin % count
                 self._round_robin += 1
             else:
-                partition = (murmur2(key) & 0x7FFFFFFF) % count
+                # Kafka's default partitioner (murmur2), cached: it is pure Python here and
+                # results repeat for the same keys.
+                partition = cache.get(key, -1)
+                if partition < 0:
+                    partition = cache[key] = (murmur2(key) & 0x7FFFFFFF) % count
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = producer.create_batch()

@@ -43,6 +43,7 @@ class KafkaChangelog:
         self.bootstrap = bootstrap
         self.topic = topic
         self._producer: AIOKafkaProducer | None = None
+        self._reader: AIOKafkaConsumer | None = None
 
     async def ensure(self, source_topic: str) -> None:
         """Create the topic, with ``source_topic``'s partition count, if it is missing;
@@ -151,17 +152,25 @@ class KafkaChangelog:
         finally:
             await consumer.stop()
 
+    async def _ensure_reader(self) -> AIOKafkaConsumer:
+        # One reader for every restore of this worker: a consumer costs a connection
+        # and a metadata round trip to start.
+        if self._reader is None:
+            reader = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                # Records of aborted transactions (exactly-once) are never restored.
+                isolation_level="read_committed",
+                max_partition_fetch_bytes=8 * 1024 * 1024,
+            )
+            await reader.start()
+            self._reader = reader
+        return self._reader
+
     async def read(self, partition: int, start: int) -> list[ChangelogRecord]:
         """Every record of ``partition`` from offset ``start`` to the current end."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            # Records of aborted transactions (exactly-once) are never restored.
-            isolation_level="read_committed",
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-        )
-        await consumer.start()
+        consumer = await self._ensure_reader()
         tp = TopicPartition(self.topic, partition)
         out: list[ChangelogRecord] = []
         try:
@@ -183,9 +192,12 @@ class KafkaChangelog:
                     )
             return out
         finally:
-            await consumer.stop()
+            consumer.unsubscribe()
 
     async def close(self) -> None:
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await producer.stop()
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.stop()

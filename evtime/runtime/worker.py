@@ -76,6 +76,10 @@ class Worker:
         self._changelogs: dict[tuple[str, ...], Changelog] = {}
         self._txns: dict[TaskId, Transaction] = {}
         self.exactly_once = plan.guarantee is Guarantee.EXACTLY_ONCE
+        self.timings: dict[str, float] = dict.fromkeys(
+            ("poll", "process", "deliver", "checkpoint"), 0.0
+        )
+        """Seconds spent in each phase of the loop (for metrics and benchmarks)."""
         self.restored_records = 0
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -104,16 +108,27 @@ class Worker:
         log.info("worker %s started on topics %s", self.plan.app_name, sorted(self.plan.sources))
         failed = False
         try:
+            timings = self.timings
+            clock = time.perf_counter
             while not self._stop.is_set():
+                t0 = clock()
                 batches = await source.poll(self.poll_ms, self.plan.batch_size)
+                t1 = clock()
                 async with self._lock:
                     await self._process(batches)
                     now = self.clock.now_ms()
                     for task in self.tasks.values():
                         task.tick(now)
+                    t2 = clock()
                     await self._deliver(self.tasks.values())
+                    t3 = clock()
                     if now - self._last_checkpoint >= self.plan.checkpoint_interval:
                         await self._checkpoint(list(self.tasks.values()))
+                    t4 = clock()
+                timings["poll"] += t1 - t0
+                timings["process"] += t2 - t1
+                timings["deliver"] += t3 - t2
+                timings["checkpoint"] += t4 - t3
         except Exception:
             # A failed step may have moved offsets past records it did not finish:
             # no checkpoint, so the last snapshot stands and a restart resumes there.
