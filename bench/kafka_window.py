@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--bootstrap", default=default_bootstrap())
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
     args = parser.parse_args()
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     print(f"producing {args.events:,} events ({args.keys:,} keys) to {topic} ...")
@@ -149,15 +150,19 @@ def main() -> None:
     ends = asyncio.run(end_offsets(args.bootstrap, topic, args.partitions))
     total = sum(ends.values())
     tune_gc()
-    ceiling_s = asyncio.run(ceiling(args.bootstrap, topic, total))
-    state_dir = tempfile.mkdtemp(prefix="evtime-kbench-")
-    try:
-        engine_s = asyncio.run(engine(args.bootstrap, topic, ends, state_dir))
-    finally:
-        shutil.rmtree(state_dir, ignore_errors=True)
+    # The machine is shared and noisy: alternate the two, keep each one's best run.
+    ceiling_s = engine_s = float("inf")
+    for _ in range(args.repeat):
+        ceiling_s = min(ceiling_s, asyncio.run(ceiling(args.bootstrap, topic, total)))
+        state_dir = tempfile.mkdtemp(prefix="evtime-kbench-")
+        try:
+            engine_s = min(engine_s, asyncio.run(engine(args.bootstrap, topic, ends, state_dir)))
+        finally:
+            shutil.rmtree(state_dir, ignore_errors=True)
     c_eps, e_eps = total / ceiling_s, total / engine_s
-    print(f"raw aiokafka + orjson.loads : {c_eps:12,.0f} events/s  ({ceiling_s:.2f} s)")
-    print(f"evtime window, Kafka->Kafka : {e_eps:12,.0f} events/s  ({engine_s:.2f} s)")
+    best = f"best of {args.repeat}"
+    print(f"raw aiokafka + orjson.loads : {c_eps:12,.0f} events/s  ({ceiling_s:.2f} s, {best})")
+    print(f"evtime window, Kafka->Kafka : {e_eps:12,.0f} events/s  ({engine_s:.2f} s, {best})")
     print(f"ratio evtime/ceiling: {e_eps / c_eps:.1%}  (target >= 50%)")
 
 

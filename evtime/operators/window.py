@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from evtime.aggregates import Aggregate
+from evtime.aggregates import Aggregate, Count, Sum
 from evtime.errors import ConfigError
 from evtime.operators.base import Collector, describe_error
 from evtime.records import (
@@ -233,6 +233,10 @@ class FixedWindowOperator(_WindowBase):
         persisted = store.persisted
         init = self._agg.init
         add = self._agg.add
+        # Sum of a field and Count are added inline (same expression as their add()).
+        agg = self._agg
+        sum_field = agg.field if type(agg) is Sum and isinstance(agg.field, str) else None
+        counting = type(agg) is Count
         cur_start: int | None = None
         bucket: dict[KeyObj, list[Any]] = {}
         for i in range(len(tss)):
@@ -268,7 +272,12 @@ class FixedWindowOperator(_WindowBase):
                                 entry[0] = add(entry[0], values[i], ts)
                                 entry[DIRTY] = True
                         else:
-                            entry[0] = add(entry[0], values[i], ts)
+                            if sum_field is not None:
+                                entry[0] = entry[0] + values[i][sum_field]
+                            elif counting:
+                                entry[0] += 1
+                            else:
+                                entry[0] = add(entry[0], values[i], ts)
                             entry[DIRTY] = True
                     except Exception as exc:
                         self._bad_record(batch, i, exc)
