@@ -77,7 +77,7 @@ class Worker:
         self._txns: dict[TaskId, Transaction] = {}
         self.exactly_once = plan.guarantee is Guarantee.EXACTLY_ONCE
         self.timings: dict[str, float] = dict.fromkeys(
-            ("poll", "process", "deliver", "checkpoint"), 0.0
+            ("startup", "poll", "process", "deliver", "checkpoint"), 0.0
         )
         """Seconds spent in each phase of the loop (for metrics and benchmarks)."""
         self.restored_records = 0
@@ -91,6 +91,7 @@ class Worker:
     async def run(self) -> None:
         """Consume, process and checkpoint until :meth:`stop` (or SIGTERM / SIGINT)."""
         tune_gc()
+        started = time.perf_counter()
         if self.handle_signals:
             self._install_signal_handlers()
         for group in self.plan.groups():
@@ -114,6 +115,8 @@ class Worker:
                 t0 = clock()
                 batches = await source.poll(self.poll_ms, self.plan.batch_size)
                 t1 = clock()
+                if batches and not timings["startup"]:
+                    timings["startup"] = t1 - started
                 async with self._lock:
                     await self._process(batches)
                     now = self.clock.now_ms()
