@@ -27,6 +27,9 @@ from tests.integration.kafka_helpers import (
 pytestmark = pytest.mark.kafka
 
 PARTITIONS = 4
+# The crash test of the acceptance: 200,000 records in 8 partitions, 10 SIGKILLs.
+KILL_PARTITIONS = 8
+KILLS = 10
 SIZE = 10_000
 OOO = 5_000
 
@@ -90,13 +93,13 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing_visible(
     env = worker_env(unique_name, tmp_path)
     env["EVTIME_TEST_CHECKPOINT"] = "300ms"
     env["EVTIME_TEST_PROCESSING"] = processing
-    records, per_partition = keyed_stream(60_000, seed=2, partitions=PARTITIONS)
+    records, per_partition = keyed_stream(200_000, seed=2, partitions=KILL_PARTITIONS)
     expected, _late = reference_counts(per_partition, SIZE, OOO)
     asyncio.run(
         create_topics(
             kafka_bootstrap,
             {
-                env["EVTIME_TEST_IN"]: PARTITIONS,
+                env["EVTIME_TEST_IN"]: KILL_PARTITIONS,
                 env["EVTIME_TEST_OUT"]: 1,
                 env["EVTIME_TEST_DLQ"]: 1,
             },
@@ -108,11 +111,13 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing_visible(
     # processing, checkpointing or starting), restarted, and at the end runs until every
     # window is out.
     def feed() -> None:
-        for i in range(0, len(records), 600):
+        for i in range(0, len(records), 2_000):
             asyncio.run(
-                produce(kafka_bootstrap, env["EVTIME_TEST_IN"], PARTITIONS, records[i : i + 600])
+                produce(
+                    kafka_bootstrap, env["EVTIME_TEST_IN"], KILL_PARTITIONS, records[i : i + 2_000]
+                )
             )
-            time.sleep(0.15)
+            time.sleep(0.3)
 
     feeder = threading.Thread(target=feed)
     feeder.start()
@@ -120,7 +125,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing_visible(
     kills = 0
     proc = start_worker("window_job.py", env, tmp_path / "worker.log")
     try:
-        while kills < 6:
+        while kills < KILLS:
             time.sleep(rng.uniform(2.0, 4.0))
             assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
             proc.kill()  # SIGKILL: no checkpoint, no goodbye to the group
@@ -144,7 +149,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing_visible(
         code = stop_worker(proc)
     log = (tmp_path / "worker.log").read_text()
     assert code == 0, f"worker exited with {code}:\n{log[-3000:]}"
-    assert kills == 6
+    assert kills == KILLS
     duplicates = check_windows(decode_outputs(out), expected)
     print(f"{processing}: {len(expected)} windows, {duplicates} re-emissions after {kills} kills")
     if processing == "exactly_once":
