@@ -40,3 +40,8 @@ class UserCodeError(EvtimeError):
 
 class DeadLetterPolicyError(EvtimeError):
     """A record went bad under the fail-fast policy, which stops the run."""
+
+
+class SinkError(EvtimeError):
+    """A sink could not deliver its outputs (after its retries, or for a reason retrying
+    cannot fix): what was not acknowledged is replayed from the last checkpoint."""
