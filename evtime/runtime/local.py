@@ -135,13 +135,16 @@ class LocalRunner:
             await self.close(checkpoint=not failed)
 
     async def close(self, *, checkpoint: bool = True) -> None:
-        """Checkpoint (unless told not to) and close every task."""
-        if checkpoint and self._opened:
-            await self.checkpoint()
-        for task in self.tasks:
-            task.close()
-        self.tasks.clear()
-        self._opened = False
+        """Checkpoint (unless told not to), close every task, then every sink."""
+        try:
+            if checkpoint and self._opened:
+                await self.checkpoint()
+        finally:
+            for task in self.tasks:
+                task.close()
+            self.tasks.clear()
+            self._opened = False
+            await close_sinks(self.plan)
 
     def abandon(self) -> None:
         """Drop every task without a snapshot: what a crash leaves behind (for tests)."""
@@ -167,6 +170,17 @@ async def deliver(
                 log.warning("dead letter (no dead-letter sink configured): %s", letter.to_dict())
         else:
             await dl.write_dead(dead)
+
+
+async def close_sinks(plan: Plan) -> None:
+    """Close every sink and the dead-letter sink once (a sink may serve several outputs)."""
+    seen: set[int] = set()
+    targets: list[Any] = [*plan.sinks.values(), plan.dead_letter]
+    for sink in targets:
+        if sink is None or id(sink) in seen:
+            continue
+        seen.add(id(sink))
+        await sink.close()
 
 
 async def flush_all(plan: Plan) -> None:

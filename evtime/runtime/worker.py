@@ -30,7 +30,7 @@ from evtime.plan import Plan
 from evtime.records import Guarantee
 from evtime.runtime.changelog import marker_record, meta_record, plan_restore, state_record
 from evtime.runtime.gc import tune_gc
-from evtime.runtime.local import deliver, flush_all
+from evtime.runtime.local import close_sinks, deliver, flush_all
 from evtime.runtime.task import PartitionTask, group_name
 from evtime.time import Clock, SystemClock
 
@@ -175,11 +175,7 @@ class Worker:
         await source.stop()
         for changelog in self._changelogs.values():
             await changelog.close()
-        closed: set[int] = set()
-        for sink in [*self.plan.sinks.values(), self.plan.dead_letter]:
-            if sink is not None and id(sink) not in closed:
-                closed.add(id(sink))
-                await sink.close()
+        await close_sinks(self.plan)
         log.info("worker %s stopped after %d checkpoints", self.plan.app_name, self.checkpoints)
 
     # -- processing ------------------------------------------------------------------
