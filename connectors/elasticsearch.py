@@ -178,7 +178,8 @@ class ElasticsearchSink:
     ``"delete"``, or a function of the output. The ``_id`` is the output's
     stable ``id`` (required by update and delete; None lets the cluster pick
     one). The document is the output's value (a dict), or what ``document(output)``
-    returns.
+    returns; its ``_id`` is the output's id, or what ``id(output)`` returns (e.g. a
+    join key, so that a partial row and the joined row replace each other).
 
     Batching: ``batch_size`` documents, ``batch_bytes`` bytes, or ``linger`` after a
     partial batch started (None: only when full and at ``flush``). Backpressure:
@@ -214,6 +215,7 @@ class ElasticsearchSink:
         url: str | None = None,
         action: BulkAction | str | Callable[[Output], BulkAction | str] = BulkAction.INDEX,
         document: Callable[[Output], Mapping[str, Any]] | None = None,
+        id: Callable[[Output], str | None] | None = None,
         batch_size: int = 1000,
         batch_bytes: int = 5 * 1024 * 1024,
         linger: Duration | None = "1s",
@@ -249,6 +251,7 @@ class ElasticsearchSink:
         else:
             self.action = _action(action)
         self._document = document
+        self._id_of = id
         for name, value in (
             ("batch_size", batch_size),
             ("batch_bytes", batch_bytes),
@@ -383,7 +386,7 @@ class ElasticsearchSink:
             action = self.action
             if action is None:
                 action = _action(self._action_of(output), from_function=True)
-            doc_id = output.id
+            doc_id = output.id if self._id_of is None else self._id_of(output)
             if doc_id is None:
                 if action is BulkAction.UPDATE or action is BulkAction.DELETE:
                     raise ConfigError(
