@@ -9,12 +9,15 @@ from __future__ import annotations
 from evtime.aggregates import Collect, Count, Custom, First, Last, Max, Mean, Min, Multi, Sum
 from evtime.app import App, ProcessFunction, SourceRef
 from evtime.errors import ConfigError, EvtimeError, SerdeError, StateError, TimestampError
+from evtime.operators.join import JoinType
 from evtime.operators.process import ProcessContext, TimeDomain, Timer
 from evtime.records import (
     DeadLetter,
     DeadLetterReason,
     EmitKind,
     ErrorPolicy,
+    JoinKind,
+    JoinResult,
     Output,
     Record,
     WindowResult,
@@ -36,6 +39,9 @@ __all__ = [
     "ErrorPolicy",
     "EvtimeError",
     "First",
+    "JoinKind",
+    "JoinResult",
+    "JoinType",
     "Last",
     "ManualClock",
     "Max",

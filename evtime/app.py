@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from evtime.aggregates import Aggregate
 from evtime.errors import ConfigError
 from evtime.io import DeadLetterSink, Sink
+from evtime.operators.join import JoinInput, JoinSpec, JoinType
 from evtime.operators.process import ProcessContext, ProcessSpec, Timer
 from evtime.operators.window import WindowSpec
 from evtime.plan import Plan, SourceSpec
@@ -42,16 +43,36 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class SourceRef:
-    """A declared source, as passed to operator decorators."""
+    """A declared source, as passed to operator decorators.
 
-    def __init__(self, spec: SourceSpec) -> None:
+    ``source.where(predicate)`` is the same source filtered by a predicate of
+    the record's value: a join input (two event types of one topic).
+    """
+
+    def __init__(self, spec: SourceSpec, predicate: Callable[[Any], Any] | None = None) -> None:
         self.spec = spec
+        self.predicate = predicate
 
     @property
     def topic(self) -> str:
         return self.spec.topic
 
+    def where(self, predicate: Callable[[Any], Any]) -> SourceRef:
+        """The records of this source whose value satisfies ``predicate`` (a join input).
+
+        ``events.where(lambda v: v["type"] == "A")``. Filters chain (both must hold).
+        A predicate that raises sends the record to the dead-letter output.
+        """
+        if not callable(predicate):
+            raise ConfigError(f"where() takes a function of the value, not {predicate!r}")
+        first = self.predicate
+        if first is None:
+            return SourceRef(self.spec, predicate)
+        return SourceRef(self.spec, lambda value: first(value) and predicate(value))
+
     def __repr__(self) -> str:
+        if self.predicate is not None:
+            return f"SourceRef({self.topic!r}).where(...)"
         return f"SourceRef({self.topic!r})"
 
 
@@ -257,7 +278,126 @@ class App:
 
         return register
 
-    def _topic(self, source: SourceRef | str) -> str:
+    def join(
+        self,
+        left: SourceRef | str,
+        right: SourceRef | str,
+        *,
+        within: Duration | None = None,
+        lower: Duration | None = None,
+        upper: Duration | None = None,
+        how: JoinType | str = JoinType.INNER,
+        emit_unmatched_after: Duration | None = None,
+        sink: Sink | None = None,
+        late: Sink | None = None,
+        name: str | None = None,
+    ) -> Callable[[F], F]:
+        """Declare an interval join; decorate the function that shapes each ``JoinResult``.
+
+        A left row ``a`` joins a right row ``b`` of the same key when
+        ``a.ts + lower <= b.ts <= a.ts + upper``; ``within=d`` means
+        ``lower=-d, upper=d``. Every matching pair is emitted once, as soon as
+        the second row arrives. ``how``: ``"inner"``, ``"left"``, ``"right"`` or
+        ``"outer"`` (full): rows of an outer side that never matched are emitted
+        alone once the watermark passes the last point where they could match,
+        or as a partial row at ``ts + emit_unmatched_after``, which the first
+        later match replaces (an UPDATE with the same id). A row's state is
+        dropped when it can no longer match; rows arriving at or behind the
+        watermark go to ``late`` (or the dead-letter output).
+
+        The inputs are two co-partitioned sources (same key, same partitions),
+        or two event types of one source, split by ``where``:
+
+        >>> from connectors.local import MemorySource, MemorySink
+        >>> app = App("pairs", state_dir=getfixture("tmp_path"))
+        >>> events = app.source("events", MemorySource.of("events", [
+        ...     {"type": "A", "id": "k1", "ts": 0},
+        ...     {"type": "B", "id": "k1", "ts": 600_000},
+        ...     {"type": "A", "id": "k2", "ts": 700_000},
+        ... ]), key="id", timestamp="ts")
+        >>> out = MemorySink()
+        >>> @app.join(events.where(lambda v: v["type"] == "A"),
+        ...           events.where(lambda v: v["type"] == "B"),
+        ...           within="6h", how="left", emit_unmatched_after="15m", sink=out)
+        ... def pairs(r):
+        ...     return {"id": r.key, "status": r.kind.value, "b_ts": r.right_ts}
+        >>> app.run()
+        >>> for value in out.values:
+        ...     print(value)
+        {'id': 'k1', 'status': 'joined', 'b_ts': 600000}
+        {'id': 'k2', 'status': 'unmatched', 'b_ts': None}
+
+        The decorated ``fn(result: JoinResult)`` returns the value sent to ``sink``
+        (None sends nothing); the output's id is ``result.id``. Joined values are
+        kept in state as JSON: the sources must be JSON or text.
+        """
+        left_topic = self._topic(left, allow_where=True)
+        right_topic = self._topic(right, allow_where=True)
+        for topic in {left_topic, right_topic}:
+            if self.plan.sources[topic].value_format is ValueFormat.BYTES:
+                raise ConfigError(
+                    f"join input {topic!r} has value_format='bytes'; joined rows are kept in "
+                    "state as JSON: declare the source as 'json' or 'text'"
+                )
+        if within is not None:
+            if lower is not None or upper is not None:
+                raise ConfigError(
+                    "give the join either within= (symmetric) or lower= and upper=, not both"
+                )
+            bound = to_millis(within, name="within")
+            lo, hi = -bound, bound
+        elif lower is not None and upper is not None:
+            lo = to_millis(lower, name="lower", allow_negative=True)
+            hi = to_millis(upper, name="upper", allow_negative=True)
+        else:
+            raise ConfigError(
+                "the join needs its bounds: within='6h', or lower= and upper= "
+                "(a.ts + lower <= b.ts <= a.ts + upper)"
+            )
+        try:
+            kind = JoinType(how) if isinstance(how, str) else how
+        except ValueError:
+            raise ConfigError(
+                f"how={how!r}: use 'inner', 'left', 'right' or 'outer'"
+            ) from None
+        after = (
+            None
+            if emit_unmatched_after is None
+            else to_millis(emit_unmatched_after, name="emit_unmatched_after")
+        )
+
+        def register(fn: F | None) -> F:
+            op_name = name or (fn.__name__ if fn is not None else None)
+            if not op_name:
+                raise ConfigError("give the join a name= or decorate a named function")
+            output_id = f"{op_name}/main"
+            late_id = f"{op_name}/late" if late is not None else None
+            spec = JoinSpec(
+                op_name,
+                JoinInput(left_topic, _predicate(left)),
+                JoinInput(right_topic, _predicate(right)),
+                lo,
+                hi,
+                kind,
+                after,
+                fn,
+                output_id,
+                late_id,
+            )
+            self._add(spec)
+            self.plan.sinks[output_id] = sink if sink is not None else _stdout()
+            if late is not None and late_id is not None:
+                self.plan.sinks[late_id] = late
+            return fn  # type: ignore[return-value]
+
+        return register
+
+    def _topic(self, source: SourceRef | str, *, allow_where: bool = False) -> str:
+        if isinstance(source, SourceRef) and source.predicate is not None and not allow_where:
+            raise ConfigError(
+                f"{source!r}: where() filters join inputs only; a window or process "
+                "function reads the whole topic (filter in its function instead)"
+            )
         topic = source.topic if isinstance(source, SourceRef) else source
         if topic not in self.plan.sources:
             raise ConfigError(
@@ -265,7 +405,7 @@ class App:
             )
         return topic
 
-    def _add(self, spec: WindowSpec | ProcessSpec) -> None:
+    def _add(self, spec: WindowSpec | ProcessSpec | JoinSpec) -> None:
         if any(op.name == spec.name for op in self.plan.operators):
             raise ConfigError(f"an operator named {spec.name!r} exists; pass name=...")
         self.plan.operators.append(spec)
@@ -309,6 +449,10 @@ class App:
 
 def _result_fn(fn: Callable[..., Any] | None) -> Callable[[WindowResult], Any] | None:
     return fn
+
+
+def _predicate(source: SourceRef | str) -> Callable[[Any], Any] | None:
+    return source.predicate if isinstance(source, SourceRef) else None
 
 
 def _stdout() -> Sink:

@@ -11,6 +11,7 @@ from typing import Any
 
 from evtime.errors import ConfigError
 from evtime.io import DeadLetterSink, Sink
+from evtime.operators.join import JoinSpec
 from evtime.operators.process import ProcessSpec
 from evtime.operators.window import WindowSpec
 from evtime.records import ErrorPolicy, Guarantee
@@ -30,7 +31,7 @@ class SourceSpec:
     value_format: ValueFormat = ValueFormat.JSON
 
 
-OperatorSpec = WindowSpec | ProcessSpec
+OperatorSpec = WindowSpec | ProcessSpec | JoinSpec
 
 
 @dataclass(slots=True)
@@ -80,7 +81,7 @@ class Plan:
         if not self.operators:
             raise ConfigError(
                 f"app {self.app_name!r} declares no operator; add one with @app.window or "
-                "@app.process"
+                "@app.process, or @app.join"
             )
         names = [op.name for op in self.operators]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -98,5 +99,7 @@ class Plan:
 
 
 def operator_sources(spec: OperatorSpec) -> tuple[str, ...]:
-    """The topics an operator reads."""
+    """The topics an operator reads (a join: both inputs' topics, once each)."""
+    if isinstance(spec, JoinSpec):
+        return spec.topics
     return (spec.source,)

@@ -104,14 +104,17 @@ class Output:
 
 
 class EmitKind(enum.Enum):
-    """Why a window result was emitted."""
+    """Why a window (or join) result was emitted."""
 
     FINAL = "final"
-    """The window's first result once the watermark passed its end."""
+    """The window's first result once the watermark passed its end; a join's row emitted
+    for good (a new joined pair, or an unmatched row once no match is possible)."""
     UPDATE = "update"
-    """A later result of a window already emitted (a late record within allowed lateness)."""
+    """A later result of a window already emitted (a late record within allowed lateness);
+    a joined row replacing the partial unmatched row of the same id."""
     EARLY = "early"
-    """A provisional result before the window closes (early firing)."""
+    """A provisional result before the window closes (early firing); a join's partial
+    unmatched row (``emit_unmatched_after``), which a later match may update."""
 
 
 @dataclass(slots=True)
@@ -153,6 +156,63 @@ def window_id(key: KeyObj, start: int, end: int) -> str:
     if isinstance(key, bytes):
         key = key.hex()
     return f"{key}@{start}-{end}"
+
+
+class JoinKind(enum.Enum):
+    """What a join result holds."""
+
+    JOINED = "joined"
+    """A matched pair: a left row and a right row within the join's bounds."""
+    UNMATCHED = "unmatched"
+    """A row of an outer side (``how="left"``, ``"right"``, ``"outer"``) alone."""
+
+
+@dataclass(slots=True)
+class JoinResult:
+    """One row of an interval join.
+
+    ``left`` / ``right`` are the values of the matched rows (one of them is None
+    for an unmatched row); ``emit`` tells a first emission (FINAL), a partial
+    unmatched row that a later match may still replace (EARLY), and the joined
+    row replacing it (UPDATE, same ``id``). ``id`` is stable across replays:
+    see :mod:`evtime.operators.join` for the rule.
+    """
+
+    key: KeyObj
+    left: Any
+    right: Any
+    kind: JoinKind
+    emit: EmitKind
+    left_ts: int | None
+    right_ts: int | None
+    id: str
+
+    @property
+    def timestamp(self) -> int:
+        """The event time of the result: the later of the two rows (the match's time)."""
+        if self.left_ts is None:
+            return self.right_ts if self.right_ts is not None else 0
+        if self.right_ts is None or self.left_ts >= self.right_ts:
+            return self.left_ts
+        return self.right_ts
+
+    @property
+    def is_update(self) -> bool:
+        """Whether the result replaces an earlier (partial) result with the same id."""
+        return self.emit is EmitKind.UPDATE
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict (what sinks get by default)."""
+        return {
+            "key": self.key.decode(errors="replace") if isinstance(self.key, bytes) else self.key,
+            "left": self.left,
+            "right": self.right,
+            "kind": self.kind.value,
+            "emit": self.emit.value,
+            "left_ts": self.left_ts,
+            "right_ts": self.right_ts,
+            "id": self.id,
+        }
 
 
 class DeadLetterReason(enum.Enum):

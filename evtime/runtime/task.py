@@ -22,11 +22,13 @@ from evtime.errors import (
     TimestampError,
 )
 from evtime.operators.base import Collector, Operator, describe_error
+from evtime.operators.join import JoinOperator, JoinSpec
+from evtime.operators.join import column_families as join_families
 from evtime.operators.process import ProcessOperator
 from evtime.operators.process import column_families as process_families
 from evtime.operators.window import WindowSpec, make_window_operator
 from evtime.operators.window import column_families as window_families
-from evtime.plan import Plan, SourceSpec
+from evtime.plan import OperatorSpec, Plan, SourceSpec, operator_sources
 from evtime.records import Batch, DeadLetter, DeadLetterReason, KeyObj, Output, RawRecord
 from evtime.serde import ValueFormat, decode_value, key_getter, timestamp_getter
 from evtime.state import CommitStats, TaskDB
@@ -42,6 +44,14 @@ def group_name(group: tuple[str, ...]) -> str:
 def task_path(plan: Plan, group: tuple[str, ...], partition: int) -> Path:
     """``state_dir/<app>/<topic-group>/<partition>``."""
     return plan.state_dir / plan.app_name / group_name(group) / str(partition)
+
+
+def _families(spec: OperatorSpec) -> list[str]:
+    if isinstance(spec, WindowSpec):
+        return window_families(spec)
+    if isinstance(spec, JoinSpec):
+        return join_families(spec)
+    return process_families(spec)
 
 
 @dataclass(slots=True)
@@ -75,11 +85,7 @@ class PartitionTask:
                 "settings; give them the same max_out_of_orderness and idle_timeout"
             )
         specs = plan.operators_of(group)
-        families = [
-            cf
-            for s in specs
-            for cf in (window_families(s) if isinstance(s, WindowSpec) else process_families(s))
-        ]
+        families = [cf for s in specs for cf in _families(s)]
         self.db = TaskDB(task_path(plan, group, partition), families)
         self.collector = Collector(plan.policy)
         self.operators: list[Operator] = []
@@ -88,10 +94,14 @@ class PartitionTask:
             op: Operator
             if isinstance(op_spec, WindowSpec):
                 op = make_window_operator(op_spec, self.db, self.collector, clock)
+            elif isinstance(op_spec, JoinSpec):
+                op = JoinOperator(op_spec, self.db, self.collector, clock, partition)
             else:
                 op = ProcessOperator(op_spec, self.db, self.collector, clock)
             self.operators.append(op)
-            by_topic[op_spec.source].append(op)
+            # A join reads both its topics (a join over one topic gets each batch once).
+            for topic in operator_sources(op_spec):
+                by_topic[topic].append(op)
         self.tracker = WatermarkTracker(strategies.pop(), [(t, partition) for t in group])
         self.inputs: dict[str, _Input] = {}
         for topic in group:

@@ -1,0 +1,469 @@
+"""The interval join of two keyed inputs on event time (Flink's and Spark's semantics).
+
+A row ``a`` of the LEFT input joins a row ``b`` of the RIGHT input with the
+same key when ``a.ts + lower <= b.ts <= a.ts + upper`` (``within=d`` is
+``lower=-d, upper=+d``). Every matching pair is emitted once, as soon as the
+second of the two arrives (many-to-many).
+
+Time, lateness and state:
+
+* A row arriving at or behind the watermark before it (``ts <= W``) is late
+  (Flink's and Spark's rule, :func:`evtime.watermarks.is_late`): it goes to the
+  late output or the dead-letter output with reason ``late``. Only such a row
+  could have partners that are already gone, so every pair of accepted rows
+  within the bounds is emitted.
+* A row is kept until the watermark reaches the last point at which it can
+  still match: ``a.ts + upper`` for a left row, ``b.ts - lower`` for a right
+  one (``ts + within`` for a symmetric join). Then it is dropped: state is
+  bounded by the bounds and the watermark delay, whatever the stream's length.
+* With ``how="left"`` / ``"right"`` / ``"outer"``, a row of an outer side that
+  never matched is emitted alone (UNMATCHED, FINAL) when the watermark reaches
+  that point; with ``emit_unmatched_after=t``, earlier: a partial unmatched row
+  (EARLY) once the watermark reaches ``ts + t``, and the first later match is
+  emitted as an UPDATE with the same id. A partial row is not repeated at the
+  point (it was the last word if no match came).
+
+Inputs: two co-partitioned topics (partition ``p`` of both meets in one task),
+or two sides of one topic filtered by predicates of the value
+(``events.where(...)``): a record enters every side whose predicate holds
+(both sides: a self-join), none is ignored, a raising predicate sends the
+record to the dead-letter output.
+
+Ids (stable across replays; a row's identity is its ``topic-partition@offset``):
+
+* A row that arrives and finds no partner is *open*. The first pair an open
+  row forms (with a partner arriving later) takes the row's own id,
+  ``<key>|L|<identity>`` or ``<key>|R|<identity>``, which is also the id of
+  its unmatched (partial) row: an upserting sink replaces the unmatched row by
+  the joined one. The row is then matched.
+* Every other pair gets the pair id ``<key>|<left identity>|<right identity>``.
+
+So every emitted row has its own id, and a row's unmatched document and its
+first joined document share one. In a 1:1 join every joined row carries the
+id of the row that arrived first.
+
+State: one store entry per key, ``[left rows, right rows, timer_at]``, a row
+being ``[ts, offset, value, status]`` (status: open, partial emitted,
+matched). Timers are lazy, as for session windows: a key keeps one pending
+timer at the earliest due time of its rows (a partial emission or an
+expiry); when it fires, every due row of the key is handled and the timer is
+armed again at the next due time.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from evtime.errors import ConfigError
+from evtime.operators.base import Collector, describe_error
+from evtime.records import (
+    Batch,
+    DeadLetter,
+    DeadLetterReason,
+    EmitKind,
+    JoinKind,
+    JoinResult,
+    KeyObj,
+    Output,
+)
+from evtime.state import KeyValueStore, TaskDB, TimerQueue
+from evtime.state.codec import decode_key, encode_key
+from evtime.time import MAX_TIMESTAMP, MIN_TIMESTAMP, Clock
+
+NO_TIMER = MAX_TIMESTAMP + 1
+
+LEFT = 0
+RIGHT = 1
+_SIDE_TAG = ("L", "R")
+
+# Row layout and statuses.
+_TS, _OFFSET, _VALUE, _STATUS = 0, 1, 2, 3
+OPEN = 0
+"""Stored, never matched, nothing emitted for it."""
+PARTIAL = 1
+"""Never matched; its partial unmatched row was emitted (``emit_unmatched_after``)."""
+MATCHED = 2
+"""Matched at least once."""
+
+_TIMER_AT = 2  # index of the pending timer's time in a key's entry
+
+
+class JoinType(enum.Enum):
+    """Which unmatched rows a join emits."""
+
+    INNER = "inner"
+    """Only matched pairs."""
+    LEFT = "left"
+    """Matched pairs, and left rows that never matched."""
+    RIGHT = "right"
+    """Matched pairs, and right rows that never matched."""
+    OUTER = "outer"
+    """Matched pairs, and rows of either side that never matched (full outer join)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinInput:
+    """One side of a join: a topic, optionally filtered by a predicate of the value."""
+
+    topic: str
+    predicate: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JoinSpec:
+    """A declared interval join (built by ``App.join``)."""
+
+    name: str
+    left: JoinInput
+    right: JoinInput
+    lower: int
+    upper: int
+    how: JoinType = JoinType.INNER
+    emit_unmatched_after: int | None = None
+    result_fn: Callable[[JoinResult], Any] | None = None
+    output: str = "main"
+    late_output: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.lower > self.upper:
+            raise ConfigError(
+                f"join {self.name!r}: lower ({self.lower} ms) is after upper ({self.upper} ms); "
+                "a right row b matches a left row a when a.ts + lower <= b.ts <= a.ts + upper"
+            )
+        if self.emit_unmatched_after is not None:
+            if self.how is JoinType.INNER:
+                raise ConfigError(
+                    f"join {self.name!r}: emit_unmatched_after needs unmatched rows to emit; "
+                    "use how='left', 'right' or 'outer'"
+                )
+            if self.emit_unmatched_after < 0:
+                raise ConfigError(f"join {self.name!r}: emit_unmatched_after must be >= 0")
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The topics the join reads (one when both sides split one topic)."""
+        if self.left.topic == self.right.topic:
+            return (self.left.topic,)
+        return (self.left.topic, self.right.topic)
+
+
+def column_families(spec: JoinSpec) -> list[str]:
+    """The RocksDB column families the operator of ``spec`` uses (declared at open)."""
+    return [f"{spec.name}.rows", f"{spec.name}.timers"]
+
+
+def row_identity(topic: str, partition: int, offset: int) -> str:
+    """A row's identity: its source position, stable across replays."""
+    return f"{topic}-{partition}@{offset}"
+
+
+def _key_text(key: KeyObj) -> str:
+    return key.hex() if isinstance(key, bytes) else f"{key}"
+
+
+class JoinOperator:
+    """Runs a :class:`JoinSpec` in one partition task."""
+
+    def __init__(
+        self, spec: JoinSpec, db: TaskDB, collector: Collector, clock: Clock, partition: int
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self._collector = collector
+        self._clock = clock
+        self._lower = spec.lower
+        self._upper = spec.upper
+        self._after = spec.emit_unmatched_after
+        self._outer = (
+            spec.how in (JoinType.LEFT, JoinType.OUTER),
+            spec.how in (JoinType.RIGHT, JoinType.OUTER),
+        )
+        self._topics = (spec.left.topic, spec.right.topic)
+        self._store: KeyValueStore[Any] = db.store(f"{spec.name}.rows")
+        self._timers = TimerQueue(db, f"{spec.name}.timers")
+        self._next_timer = NO_TIMER
+        self._refresh_next_timer()
+        self._wm = MIN_TIMESTAMP
+        self._partition = partition
+        self.late_count = 0
+        self.emitted_count = 0
+
+    # -- driving ------------------------------------------------------------
+    def process(self, batch: Batch) -> None:
+        topic = batch.topic
+        left_pred = right_pred = None
+        is_left = topic == self.spec.left.topic
+        is_right = topic == self.spec.right.topic
+        if is_left:
+            left_pred = self.spec.left.predicate
+        if is_right:
+            right_pred = self.spec.right.predicate
+        keys, values, tss, wms = batch.keys, batch.values, batch.timestamps, batch.watermarks
+        raw = batch.raw
+        if batch.watermark_before > self._wm:
+            self._wm = batch.watermark_before
+        insert = self._insert
+        for i in range(len(tss)):
+            value = values[i]
+            try:
+                in_left = is_left and (left_pred is None or bool(left_pred(value)))
+                in_right = is_right and (right_pred is None or bool(right_pred(value)))
+            except Exception as exc:
+                self._bad_predicate(batch, i, exc)
+                in_left = in_right = False
+            if in_left or in_right:
+                ts = tss[i]
+                if ts <= self._wm:
+                    self._late_record(batch, i)
+                else:
+                    offset = raw[i].offset
+                    if in_left:
+                        insert(LEFT, keys[i], ts, offset, value)
+                    if in_right:
+                        insert(RIGHT, keys[i], ts, offset, value)
+            wm = wms[i]
+            if wm > self._wm:
+                self._wm = wm
+            # Also when the watermark did not move: a row may be due at once (upper < 0).
+            if self._wm >= self._next_timer:
+                self._fire_due(self._wm)
+
+    def on_watermark(self, watermark: int) -> None:
+        if watermark > self._wm:
+            self._wm = watermark
+        if self._wm >= self._next_timer:
+            self._fire_due(self._wm)
+
+    def on_processing_time(self, now_ms: int) -> None:
+        return None
+
+    def next_processing_time(self) -> int | None:
+        return None
+
+    # -- rows -----------------------------------------------------------------
+    def _insert(self, side: int, key: KeyObj, ts: int, offset: int, value: Any) -> None:
+        """Match a new row against the other side's stored rows of its key, then store it."""
+        store = self._store
+        entry: list[Any] | None = store.get(key)
+        if entry is None:
+            entry = [[], [], None]
+        matched = False
+        others: list[list[Any]] = entry[1 - side]
+        if others:
+            lower, upper = self._lower, self._upper
+            for other in others:
+                # b.ts - a.ts, whichever side the new row is on.
+                gap = other[_TS] - ts if side == LEFT else ts - other[_TS]
+                if lower <= gap <= upper:
+                    matched = True
+                    self._emit_pair(side, key, ts, offset, value, other)
+        row = [ts, offset, value, MATCHED if matched else OPEN]
+        entry[side].append(row)
+        due = self._due(side, row)
+        timer_at = entry[_TIMER_AT]
+        if timer_at is None or due < timer_at:
+            entry[_TIMER_AT] = due
+            self._register(due, key)
+        store.put(key, entry)
+
+    def _point(self, side: int, ts: int) -> int:
+        """The watermark at which a row can no longer match (and is dropped)."""
+        point = ts + self._upper if side == LEFT else ts - self._lower
+        return point if point < MAX_TIMESTAMP else MAX_TIMESTAMP
+
+    def _due(self, side: int, row: list[Any]) -> int:
+        """When the row needs attention next: its partial emission, else its expiry."""
+        point = self._point(side, row[_TS])
+        if self._after is not None and row[_STATUS] == OPEN and self._outer[side]:
+            partial: int = row[_TS] + self._after
+            if partial < point:
+                return partial
+        return point
+
+    def _register(self, ts: int, key: KeyObj) -> None:
+        self._timers.register(ts, encode_key(key))
+        if ts < self._next_timer:
+            self._next_timer = ts
+
+    def _refresh_next_timer(self) -> None:
+        nxt = self._timers.next_time()
+        self._next_timer = NO_TIMER if nxt is None else nxt
+
+    def _fire_due(self, watermark: int) -> None:
+        store = self._store
+        for ts, payload in self._timers.pop_due(watermark):
+            key = decode_key(payload)
+            entry = store.get(key)
+            if entry is None or entry[_TIMER_AT] != ts:
+                continue  # superseded by an earlier timer of the key, which re-armed it
+            self._expire(key, entry, watermark)
+        self._refresh_next_timer()
+
+    def _expire(self, key: KeyObj, entry: list[Any], watermark: int) -> None:
+        """Emit the due unmatched rows of ``key``, drop its expired rows, re-arm its timer."""
+        nxt = NO_TIMER
+        for side in (LEFT, RIGHT):
+            rows: list[list[Any]] = entry[side]
+            if not rows:
+                continue
+            outer = self._outer[side]
+            keep: list[list[Any]] = []
+            for row in rows:
+                if self._point(side, row[_TS]) <= watermark:
+                    if outer and row[_STATUS] == OPEN:
+                        self._emit_unmatched(side, key, row, EmitKind.FINAL)
+                    continue
+                if (
+                    outer
+                    and row[_STATUS] == OPEN
+                    and self._after is not None
+                    and row[_TS] + self._after <= watermark
+                ):
+                    self._emit_unmatched(side, key, row, EmitKind.EARLY)
+                    row[_STATUS] = PARTIAL
+                due = self._due(side, row)
+                if due < nxt:
+                    nxt = due
+                keep.append(row)
+            entry[side] = keep
+        if entry[LEFT] or entry[RIGHT]:
+            entry[_TIMER_AT] = nxt
+            self._register(nxt, key)
+            self._store.put(key, entry)
+        else:
+            self._store.delete(key)
+
+    # -- emission -----------------------------------------------------------
+    def _ident(self, side: int, offset: int) -> str:
+        return row_identity(self._topics[side], self._partition, offset)
+
+    def _emit_pair(
+        self, side: int, key: KeyObj, ts: int, offset: int, value: Any, other: list[Any]
+    ) -> None:
+        """A new row (``side``) matched a stored row ``other`` of the other side."""
+        other_side = 1 - side
+        status = other[_STATUS]
+        if status != MATCHED:
+            # The stored row's first match takes its id (that of its partial row, if any).
+            rid = f"{_key_text(key)}|{_SIDE_TAG[other_side]}|{self._ident(other_side, other[1])}"
+            emit = EmitKind.UPDATE if status == PARTIAL else EmitKind.FINAL
+            other[_STATUS] = MATCHED
+        else:
+            emit = EmitKind.FINAL
+            if side == LEFT:
+                lo, ro = offset, other[_OFFSET]
+            else:
+                lo, ro = other[_OFFSET], offset
+            rid = f"{_key_text(key)}|{self._ident(LEFT, lo)}|{self._ident(RIGHT, ro)}"
+        if side == LEFT:
+            result = JoinResult(
+                key, value, other[_VALUE], JoinKind.JOINED, emit, ts, other[_TS], rid
+            )
+        else:
+            result = JoinResult(
+                key, other[_VALUE], value, JoinKind.JOINED, emit, other[_TS], ts, rid
+            )
+        self._emit(result)
+
+    def _emit_unmatched(self, side: int, key: KeyObj, row: list[Any], emit: EmitKind) -> None:
+        rid = f"{_key_text(key)}|{_SIDE_TAG[side]}|{self._ident(side, row[_OFFSET])}"
+        if side == LEFT:
+            result = JoinResult(
+                key, row[_VALUE], None, JoinKind.UNMATCHED, emit, row[_TS], None, rid
+            )
+        else:
+            result = JoinResult(
+                key, None, row[_VALUE], JoinKind.UNMATCHED, emit, None, row[_TS], rid
+            )
+        self._emit(result)
+
+    def _emit(self, result: JoinResult) -> None:
+        self.emitted_count += 1
+        fn = self.spec.result_fn
+        if fn is None:
+            value: Any = result.to_dict()
+        else:
+            try:
+                value = fn(result)
+            except Exception as exc:
+                self._result_failed(result, exc)
+                return
+            if value is None:
+                return
+        self._collector.emit(
+            self.spec.output, Output(result.key, value, result.timestamp, result.id)
+        )
+
+    # -- bad and late input -------------------------------------------------------
+    def _result_failed(self, result: JoinResult, exc: Exception) -> None:
+        self._collector.dead_letter(
+            DeadLetter(
+                DeadLetterReason.USER_CODE,
+                f"result function of {self.name!r} raised {describe_error(exc)}",
+                self.spec.left.topic,
+                self._partition,
+                -1,
+                result.key,
+                result.to_dict(),
+                result.timestamp,
+                self.name,
+            )
+        )
+
+    def _bad_predicate(self, batch: Batch, i: int, exc: Exception) -> None:
+        self._collector.dead_letter(
+            DeadLetter(
+                DeadLetterReason.USER_CODE,
+                f"a where() predicate of join {self.name!r} raised {describe_error(exc)}",
+                batch.topic,
+                batch.partition,
+                batch.raw[i].offset,
+                batch.keys[i],
+                batch.raw[i].value,
+                batch.timestamps[i],
+                self.name,
+            )
+        )
+
+    def _late_record(self, batch: Batch, i: int) -> None:
+        self.late_count += 1
+        self._collector.late_count += 1
+        key, value, ts = batch.keys[i], batch.values[i], batch.timestamps[i]
+        if self.spec.late_output is not None:
+            self._collector.emit(self.spec.late_output, Output(key, value, ts, None))
+            return
+        self._collector.dead_letter(
+            DeadLetter(
+                DeadLetterReason.LATE,
+                f"event time {ts} is at or behind the watermark {self._wm} of join "
+                f"{self.name!r}: its partners may be gone already; raise the source's "
+                "max_out_of_orderness to wait longer for out-of-order rows",
+                batch.topic,
+                batch.partition,
+                batch.raw[i].offset,
+                key,
+                batch.raw[i].value,
+                ts,
+                self.name,
+            )
+        )
+
+    # -- introspection (tests, metrics) ----------------------------------------------
+    @property
+    def watermark(self) -> int:
+        return self._wm
+
+    @property
+    def timers(self) -> TimerQueue:
+        return self._timers
+
+    @property
+    def store(self) -> KeyValueStore[Any]:
+        return self._store
+
+    def live_rows(self) -> int:
+        """Rows held in state (walks RocksDB: for tests and metrics, not the hot path)."""
+        return sum(len(entry[LEFT]) + len(entry[RIGHT]) for _key, entry in self._store.items())
