@@ -7,6 +7,12 @@ same worker). ``KafkaSink`` produces results with an idempotent producer and
 waits for every acknowledgement at ``flush`` (the first step of a checkpoint).
 ``KafkaDeadLetterSink`` writes bad records with their original bytes and the
 reason in headers.
+
+A broker that goes away is waited for, never a reason to drop anything: aiokafka's
+consumer refetches and retries offset commits by itself, a started producer keeps
+its batches until the broker is back, and what aiokafka gives up on (starting a
+sink's producer, which happens at its first write; queuing a batch behind one that
+cannot be sent) is retried here with backoff.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -24,13 +30,16 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
+    KafkaConnectionError,
     KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
     RebalanceInProgressError,
 )
 from aiokafka.partitioner import murmur2
 
 from connectors.kafka_changelog import KafkaChangelog
-from evtime.errors import ConfigError
+from evtime.errors import ConfigError, EvtimeError
 from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP
 from evtime.records import DeadLetter, Output, RawRecord
@@ -39,6 +48,45 @@ log = logging.getLogger("evtime.kafka")
 _MAX_TS = 2**63 - 1
 _Rec = tuple[bytes | None, bytes, int | None, list[tuple[str, bytes]]]
 """A record to produce: key, value, timestamp (ms or None), headers."""
+_T = TypeVar("_T")
+_BACKOFF_FIRST_S = 0.1
+_BACKOFF_MAX_S = 5.0
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the broker cannot be reached now" rather than "this is wrong".
+
+    Retriable aiokafka errors (connection refused or closed, node not ready, request
+    timed out, no leader yet) and KafkaTimeoutError (metadata not available in time).
+    """
+    return isinstance(exc, KafkaTimeoutError) or (
+        isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+    )
+
+
+async def _while_unreachable(what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+    """``await attempt()`` until it succeeds, waiting with exponential backoff (0.1 s up to
+    5 s) while the broker is unreachable. Any other error is raised at once.
+
+    There is no deadline: an unreachable broker applies backpressure (DESIGN.md §8), as
+    aiokafka's own offset commits do; each failed attempt is logged.
+    """
+    delay = _BACKOFF_FIRST_S
+    while True:
+        try:
+            return await attempt()
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            log.warning(
+                "%s: broker unreachable (%s: %s); retrying in %.1f s",
+                what,
+                type(exc).__name__,
+                exc,
+                delay,
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _BACKOFF_MAX_S)
 
 
 def default_bootstrap() -> str:
@@ -79,6 +127,30 @@ class KafkaSource:
         return KafkaTransaction(self.bootstrap, transactional_id)
 
 
+def _retry_closed_connections_in_coordinator_lookups(producer: AIOKafkaProducer) -> None:
+    """Work around aiokafka 0.14.0: its transactional sender retries a FindCoordinator that
+    failed with NodeNotReadyError or RequestTimedOutError, but a KafkaConnectionError (the
+    broker closed the connection mid-request, as it does when it shuts down) kills the
+    sender routine, and every later call of the producer raises "Unexpected error during
+    batch delivery". Seen in the broker-restart test, in send_offsets_to_transaction.
+
+    On this producer's own client only, such a lookup fails as NodeNotReadyError instead,
+    which aiokafka handles: metadata refresh, backoff, retry until the broker is back.
+    tests/unit/test_kafka_transaction.py tells when an aiokafka upgrade makes this moot.
+    """
+    client = producer.client
+    lookup = client.coordinator_lookup
+
+    async def coordinator_lookup(coordinator_type: int, coordinator_key: str) -> int:
+        try:
+            node_id: int = await lookup(coordinator_type, coordinator_key)
+        except KafkaConnectionError as exc:
+            raise NodeNotReadyError(f"coordinator lookup: {exc}") from exc
+        return node_id
+
+    client.coordinator_lookup = coordinator_lookup
+
+
 class KafkaTransaction:
     """One task's transactional producer.
 
@@ -97,6 +169,7 @@ class KafkaTransaction:
             linger_ms=5,
             max_batch_size=512 * 1024,
         )
+        _retry_closed_connections_in_coordinator_lookups(self._producer)
         self._started = False
 
     @property
@@ -164,6 +237,10 @@ class KafkaGroupSource:
         self._consumer: AIOKafkaConsumer | None = None
         self._on_assigned: AssignCallback | None = None
         self._on_revoked: RevokeCallback | None = None
+        # aiokafka only logs an exception of a rebalance callback and keeps the
+        # assignment: the partitions would stay assigned with no task (their records
+        # dropped, never committed, the worker running on). It is raised by poll instead.
+        self._callback_error: EvtimeError | None = None
 
     @property
     def group_id(self) -> str:
@@ -185,17 +262,40 @@ class KafkaGroupSource:
 
     async def _revoked(self, revoked: list[TopicPartition]) -> None:
         if self._on_revoked is not None and revoked:
-            await self._on_revoked([(tp.topic, tp.partition) for tp in revoked])
+            try:
+                await self._on_revoked([(tp.topic, tp.partition) for tp in revoked])
+            except Exception as exc:
+                self._callback_failed("revocation", revoked, exc)
+                raise
 
     async def _assigned(self, assigned: list[TopicPartition]) -> None:
         if self._on_assigned is None or not assigned:
             return
-        starts = await self._on_assigned([(tp.topic, tp.partition) for tp in assigned])
+        try:
+            starts = await self._on_assigned([(tp.topic, tp.partition) for tp in assigned])
+        except Exception as exc:
+            self._callback_failed("assignment", assigned, exc)
+            raise
         for (topic, partition), offset in starts.items():
             self.consumer.seek(TopicPartition(topic, partition), offset)
 
+    def _callback_failed(self, what: str, partitions: list[TopicPartition], exc: Exception) -> None:
+        if self._callback_error is None:
+            names = sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+            error = EvtimeError(
+                f"handling the {what} of {', '.join(names)} failed ({type(exc).__name__}: "
+                f"{exc}); stopping rather than running on without those partitions' tasks "
+                "(nothing after the last checkpoint is committed: a restart resumes there)"
+            )
+            error.__cause__ = exc
+            self._callback_error = error
+
     async def poll(self, timeout_ms: int, max_records: int) -> dict[TP, list[RawRecord]]:
+        if self._callback_error is not None:
+            raise self._callback_error
         batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        if self._callback_error is not None:  # a rebalance ran during the fetch
+            raise self._callback_error
         # aiokafka's ConsumerRecord has the attributes of a RawRecord (offset, key, value,
         # timestamp, headers): handed over as they are, with no per-record copy.
         return {(tp.topic, tp.partition): records for tp, records in batches.items() if records}
@@ -269,15 +369,30 @@ class KafkaSink:
         self._round_robin = 0
 
     async def _ensure(self) -> AIOKafkaProducer:
+        # The producer starts at the first write, which may come while the broker is
+        # down (records fetched before the outage are still being processed): start()
+        # then fails at once ("Unable to bootstrap"), so it is retried until it is back.
         if self._producer is None:
-            producer = AIOKafkaProducer(**self._settings)
-            await producer.start()
-            self._producer = producer
+            self._producer = await _while_unreachable(
+                f"starting the producer of {self.topic!r}", self._start_producer
+            )
         return self._producer
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(**self._settings)
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()  # a failed start leaves a client and its tasks behind
+            raise
+        return producer
 
     async def _partitions(self, producer: AIOKafkaProducer) -> int:
         if self._partition_count is None:
-            parts = await producer.partitions_for(self.topic)
+            parts = await _while_unreachable(
+                f"reading the partitions of {self.topic!r}",
+                lambda: producer.partitions_for(self.topic),
+            )
             self._partition_count = len(parts)
         return self._partition_count
 
@@ -334,15 +449,24 @@ class KafkaSink:
             if batch is None:
                 batch = batches[partition] = producer.create_batch()
             if batch.append(timestamp=ts, key=key, value=value, headers=headers) is None:
-                fut = await producer.send_batch(batch, self.topic, partition=partition)
+                fut = await self._send_batch(producer, batch, partition)
                 if own:
                     self._pending.append(fut)
                 batch = batches[partition] = producer.create_batch()
                 batch.append(timestamp=ts, key=key, value=value, headers=headers)
         for partition, batch in batches.items():
-            fut = await producer.send_batch(batch, self.topic, partition=partition)
+            fut = await self._send_batch(producer, batch, partition)
             if own:
                 self._pending.append(fut)
+
+    async def _send_batch(self, producer: AIOKafkaProducer, batch: Any, partition: int) -> Any:
+        # aiokafka queues a partition's batch only once the previous one is drained: while
+        # the broker is down, send_batch gives up after request_timeout_ms (40 s) with a
+        # KafkaTimeoutError and without queuing the batch, so it is retried as it is.
+        return await _while_unreachable(
+            f"producing to {self.topic!r}[{partition}]",
+            lambda: producer.send_batch(batch, self.topic, partition=partition),
+        )
 
     async def flush(self) -> None:
         if self._producer is None:

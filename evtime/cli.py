@@ -125,9 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     services = sub.add_parser(
-        "services", help="start/stop/check the local Kafka and OpenSearch (up | down | status)"
+        "services",
+        help="start/stop/check the local Kafka and OpenSearch (up | down | restart | status)",
     )
-    services.add_argument("rest", nargs=argparse.REMAINDER, help="up | down | status [names]")
+    services.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="up | down | restart | status [names]"
+    )
     services.set_defaults(func=_services)
     return parser
 

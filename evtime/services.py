@@ -18,6 +18,9 @@
 Both services go through these steps concurrently; only the Maven runs are serialised,
 because Maven's local repository is not safe for concurrent writers.
 ``down`` stops exactly the pids in the pid files: SIGTERM, then SIGKILL after a timeout.
+``restart`` stops a running service the same way (a stopped one is just started) and
+starts it again on the data directory it had, keeping its topics, offsets and Kafka's
+cluster id (steps 4 and 5, the log appended to); the fault tests restart the broker.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
@@ -165,6 +168,13 @@ class _Service(Protocol):
     def configure(self, java: str) -> list[str]:
         """Prepare a fresh data directory and return the command that starts the JVM."""
 
+    def check_kept_data(self) -> None:
+        """Raise ServiceError unless the data directory left by ``configure`` can be started
+        on again as configured now (``restart``)."""
+
+    def command(self, java: str) -> list[str]:
+        """The command that starts the JVM on the data directory as it is."""
+
     def ready_checks(self) -> list[_Check]: ...
 
     def health_checks(self) -> list[_Check]: ...
@@ -197,20 +207,24 @@ class _Kafka:
             {"KAFKA_VERSION": KAFKA_VERSION, "LOG4J_VERSION": KAFKA_LOG4J_VERSION},
         )
 
-    def configure(self, java: str) -> list[str]:
-        run = build.fresh_dir(self.config.run_dir / self.name)
-        data = run / "data"
-        properties = run / "server.properties"
-        properties.write_text(
-            build.render(
-                "kafka-server.properties",
-                {
-                    "KAFKA_PORT": str(self.config.kafka_port),
-                    "CONTROLLER_PORT": str(self.config.kafka_controller_port),
-                    "DATA_DIR": str(data),
-                },
-            )
+    @property
+    def run(self) -> Path:
+        return self.config.run_dir / self.name
+
+    def _properties(self) -> str:
+        return build.render(
+            "kafka-server.properties",
+            {
+                "KAFKA_PORT": str(self.config.kafka_port),
+                "CONTROLLER_PORT": str(self.config.kafka_controller_port),
+                "DATA_DIR": str(self.run / "data"),
+            },
         )
+
+    def configure(self, java: str) -> list[str]:
+        run = build.fresh_dir(self.run)
+        properties = run / "server.properties"
+        properties.write_text(self._properties())
         log4j = run / "log4j2.properties"
         log4j.write_text(build.render("kafka-log4j2.properties", {}))
         classpath = str(self.home / "libs" / "*")
@@ -234,6 +248,26 @@ class _Kafka:
             ],
             self.config.logs_dir / "kafka-format.log",
         )
+        return self.command(java)
+
+    def check_kept_data(self) -> None:
+        properties = self.run / "server.properties"
+        if not (self.run / "data" / "meta.properties").is_file() or not properties.is_file():
+            raise ServiceError(
+                f"{self.name}: no formatted storage in {self.run} to restart on; "
+                f"run `evtime services up {self.name}` (which starts an empty broker)."
+            )
+        # The KRaft quorum recorded the controller's address when the storage was formatted.
+        if properties.read_text() != self._properties():
+            raise ServiceError(
+                f"{self.name}: the storage in {self.run} was set up for other ports than "
+                f"configured now; restart with the same EVTIME_KAFKA_* settings, or run "
+                f"`evtime services down {self.name}` and `up` (which starts an empty broker)."
+            )
+
+    def command(self, java: str) -> list[str]:
+        properties, log4j = self.run / "server.properties", self.run / "log4j2.properties"
+        classpath = str(self.home / "libs" / "*")
         heap = self.config.kafka_heap
         return [
             java, f"-Xms{heap}", f"-Xmx{heap}",
@@ -284,10 +318,26 @@ class _OpenSearch:
         )
         build.compile_entry_point(self.name, self.home, OPENSEARCH_VERSION)
 
+    @property
+    def run(self) -> Path:
+        return self.config.run_dir / self.name
+
     def configure(self, java: str) -> list[str]:
-        run = build.fresh_dir(self.config.run_dir / self.name)
+        run = build.fresh_dir(self.run)
+        (run / "log4j2.properties").write_text(build.render("opensearch-log4j2.properties", {}))
+        return self.command(java)
+
+    def check_kept_data(self) -> None:
+        # The ports are on the command line, not in the data: any configured ports will do.
+        if not (self.run / "log4j2.properties").is_file():
+            raise ServiceError(
+                f"{self.name}: no node directory in {self.run} to restart on; "
+                f"run `evtime services up {self.name}` (which starts an empty node)."
+            )
+
+    def command(self, java: str) -> list[str]:
+        run = self.run
         log4j = run / "log4j2.properties"
-        log4j.write_text(build.render("opensearch-log4j2.properties", {}))
         classpath = os.pathsep.join([str(self.home / "classes"), str(self.home / "libs" / "*")])
         heap = self.config.opensearch_heap
         # The flags OpenSearch's own launcher adds that matter for an embedded node.
@@ -438,13 +488,28 @@ def up(names: Sequence[str] = SERVICE_NAMES) -> None:
     services = _services(names, ServicesConfig.from_env())
     java = build.require_java()
     with _quiet("aiokafka"):
-        asyncio.run(_up_all(services, java))
+        asyncio.run(_each(services, lambda service, maven: _up_one(service, java, maven)))
 
 
-async def _up_all(services: list[_Service], java: str) -> None:
+def restart(names: Sequence[str] = SERVICE_NAMES) -> None:
+    """Stop the named services (those running) and start them again on their data.
+
+    Unlike ``up`` of a stopped service, nothing is wiped: Kafka keeps its topics,
+    committed offsets and cluster id. Returns once each really serves again.
+    """
+    services = _services(names, ServicesConfig.from_env())
+    java = build.require_java()
+    with _quiet("aiokafka"):
+        asyncio.run(_each(services, lambda service, maven: _restart_one(service, java, maven)))
+
+
+async def _each(
+    services: list[_Service], one: Callable[[_Service, asyncio.Lock], Awaitable[None]]
+) -> None:
+    """Run ``one`` for every service concurrently; the lock serialises the Maven runs."""
     maven = asyncio.Lock()
     results = await asyncio.gather(
-        *(_up_one(service, java, maven) for service in services), return_exceptions=True
+        *(one(service, maven) for service in services), return_exceptions=True
     )
     failures: list[str] = []
     for result in results:
@@ -480,9 +545,42 @@ async def _up_one(service: _Service, java: str, maven: asyncio.Lock) -> None:
     async with maven:
         await asyncio.to_thread(service.resolve)
     command = await asyncio.to_thread(service.configure, java)
+    await _launch(service, command, started, log_mode="wb")
+
+
+async def _restart_one(service: _Service, java: str, maven: asyncio.Lock) -> None:
+    started = time.monotonic()
+    service.check_kept_data()
+    pid = _our_pid(service)
+    if pid is not None:
+        running_at = _pid_file(service).read_text().split()[1:]
+        if running_at != [service.address]:
+            raise ServiceError(
+                f"{service.name}: running (pid {pid}) at {' '.join(running_at)}, "
+                f"not at {service.address} as configured now; restart it with the settings "
+                f"it was started with."
+            )
+        killed = await asyncio.to_thread(process.stop_pid, pid, _STOP_TIMEOUT_S)
+        how = f"killed after {_STOP_TIMEOUT_S:.0f} s" if killed else "stopped"
+        print(f"{service.name}: {how} pid {pid} in {time.monotonic() - started:.1f} s", flush=True)
+    else:
+        print(f"{service.name}: not running; starting it on its kept data", flush=True)
+    _pid_file(service).unlink(missing_ok=True)
+    _check_ports_free(service)
+    async with maven:
+        await asyncio.to_thread(service.resolve)  # a no-op once the jars are cached
+    # The log is appended to: what the service said before the restart stays readable.
+    await _launch(service, service.command(java), started, log_mode="ab")
+
+
+async def _launch(
+    service: _Service, command: list[str], started: float, log_mode: Literal["wb", "ab"]
+) -> None:
+    """Start the JVM detached, record its pid, and wait until it serves (or stop it)."""
+    timeout = service.config.startup_timeout_s
     log_path = _log_file(service)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
+    with log_path.open(log_mode) as log:
         jvm = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -613,12 +711,12 @@ def _quiet(logger_name: str) -> Iterator[None]:
 
 
 def cli_main(argv: list[str]) -> int:
-    """``evtime services up|down|status [kafka|opensearch ...]``; returns the exit code."""
+    """``evtime services up|down|restart|status [kafka|opensearch ...]``; the exit code."""
     parser = argparse.ArgumentParser(
         prog="evtime services",
         description="Run a local Apache Kafka broker and OpenSearch node from Maven jars.",
     )
-    parser.add_argument("action", choices=("up", "down", "status"))
+    parser.add_argument("action", choices=("up", "down", "restart", "status"))
     parser.add_argument(
         "names", nargs="*", metavar="SERVICE", help="kafka and/or opensearch (default: both)"
     )
@@ -632,6 +730,8 @@ def cli_main(argv: list[str]) -> int:
             up(names)
         elif args.action == "down":
             down(names)
+        elif args.action == "restart":
+            restart(names)
         else:
             return status(names)
     except EvtimeError as exc:

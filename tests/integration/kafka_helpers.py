@@ -23,11 +23,22 @@ MIN = -(2**63)
 
 
 async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    """Create ``topics`` (name: partitions) with no time-based retention.
+
+    The test streams' event times (``make_events``) lie in the past, and sinks stamp
+    outputs with them: under the default 7-day ``retention.ms`` the broker's retention
+    check (30 s after its start, then every 5 minutes) would delete outputs mid-test.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.create_topics(
-            [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in topics.items()]
+            [
+                NewTopic(
+                    t, num_partitions=n, replication_factor=1, topic_configs={"retention.ms": "-1"}
+                )
+                for t, n in topics.items()
+            ]
         )
         for _ in range(100):
             if set(topics) <= set(await admin.list_topics()):
