@@ -74,6 +74,42 @@ class Operator(Protocol):
         """When :meth:`on_processing_time` next has work, or None."""
 
 
+def batch_dead_letter(
+    batch: Batch, i: int, reason: DeadLetterReason, error: str, operator: str
+) -> DeadLetter:
+    """The dead letter of record ``i`` of ``batch``: its position and original value."""
+    raw = batch.raw[i]
+    return DeadLetter(
+        reason,
+        error,
+        batch.topic,
+        batch.partition,
+        raw.offset,
+        batch.keys[i],
+        raw.value,
+        batch.timestamps[i],
+        operator,
+    )
+
+
+def send_late(
+    collector: Collector,
+    late_output: str | None,
+    batch: Batch,
+    i: int,
+    error: str,
+    operator: str,
+) -> None:
+    """Route late record ``i`` to the ``late_output`` sink, or to the dead letters; count it."""
+    collector.late_count += 1
+    if late_output is not None:
+        collector.emit(
+            late_output, Output(batch.keys[i], batch.values[i], batch.timestamps[i], None)
+        )
+        return
+    collector.dead_letter(batch_dead_letter(batch, i, DeadLetterReason.LATE, error, operator))
+
+
 def describe_error(exc: BaseException) -> str:
     """A one-line description of a user-code exception for a dead letter."""
     text = str(exc)

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from evtime.errors import ConfigError
-from evtime.operators.base import Collector, describe_error
+from evtime.operators.base import Collector, batch_dead_letter, describe_error, send_late
 from evtime.records import (
     Batch,
     DeadLetter,
@@ -415,40 +415,26 @@ class JoinOperator:
 
     def _bad_predicate(self, batch: Batch, i: int, exc: Exception) -> None:
         self._collector.dead_letter(
-            DeadLetter(
+            batch_dead_letter(
+                batch,
+                i,
                 DeadLetterReason.USER_CODE,
                 f"a where() predicate of join {self.name!r} raised {describe_error(exc)}",
-                batch.topic,
-                batch.partition,
-                batch.raw[i].offset,
-                batch.keys[i],
-                batch.raw[i].value,
-                batch.timestamps[i],
                 self.name,
             )
         )
 
     def _late_record(self, batch: Batch, i: int) -> None:
         self.late_count += 1
-        self._collector.late_count += 1
-        key, value, ts = batch.keys[i], batch.values[i], batch.timestamps[i]
-        if self.spec.late_output is not None:
-            self._collector.emit(self.spec.late_output, Output(key, value, ts, None))
-            return
-        self._collector.dead_letter(
-            DeadLetter(
-                DeadLetterReason.LATE,
-                f"event time {ts} is at or behind the watermark {self._wm} of join "
-                f"{self.name!r}: its partners may be gone already; raise the source's "
-                "max_out_of_orderness to wait longer for out-of-order rows",
-                batch.topic,
-                batch.partition,
-                batch.raw[i].offset,
-                key,
-                batch.raw[i].value,
-                ts,
-                self.name,
-            )
+        send_late(
+            self._collector,
+            self.spec.late_output,
+            batch,
+            i,
+            f"event time {batch.timestamps[i]} is at or behind the watermark {self._wm} of "
+            f"join {self.name!r}: its partners may be gone already; raise the source's "
+            "max_out_of_orderness to wait longer for out-of-order rows",
+            self.name,
         )
 
     # -- introspection (tests, metrics) ----------------------------------------------

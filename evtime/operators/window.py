@@ -19,7 +19,7 @@ from typing import Any
 
 from evtime.aggregates import Aggregate, Count, Sum
 from evtime.errors import ConfigError
-from evtime.operators.base import Collector, describe_error
+from evtime.operators.base import Collector, batch_dead_letter, describe_error, send_late
 from evtime.records import (
     Batch,
     DeadLetter,
@@ -123,37 +123,23 @@ class _WindowBase:
 
     def _late_record(self, batch: Batch, i: int, watermark: int) -> None:
         self.late_count += 1
-        self._collector.late_count += 1
-        key, value, ts = batch.keys[i], batch.values[i], batch.timestamps[i]
-        if self.spec.late_output is not None:
-            self._collector.emit(self.spec.late_output, Output(key, value, ts, None))
-            return
-        self._collector.dead_letter(
-            DeadLetter(
-                DeadLetterReason.LATE,
-                f"event time {ts} is behind the watermark {watermark} by more than the "
-                f"allowed lateness ({self._lateness} ms) of {self.name!r}",
-                batch.topic,
-                batch.partition,
-                batch.raw[i].offset,
-                key,
-                batch.raw[i].value,
-                ts,
-                self.name,
-            )
+        send_late(
+            self._collector,
+            self.spec.late_output,
+            batch,
+            i,
+            f"event time {batch.timestamps[i]} is behind the watermark {watermark} by more "
+            f"than the allowed lateness ({self._lateness} ms) of {self.name!r}",
+            self.name,
         )
 
     def _bad_record(self, batch: Batch, i: int, exc: Exception) -> None:
         self._collector.dead_letter(
-            DeadLetter(
+            batch_dead_letter(
+                batch,
+                i,
                 DeadLetterReason.USER_CODE,
                 f"aggregate {self._agg.name!r} of {self.name!r} raised {describe_error(exc)}",
-                batch.topic,
-                batch.partition,
-                batch.raw[i].offset,
-                batch.keys[i],
-                batch.raw[i].value,
-                batch.timestamps[i],
                 self.name,
             )
         )
