@@ -219,11 +219,7 @@ class App:
         topic = self._topic(source)
 
         def register(fn: F | None) -> F:
-            op_name = name or (fn.__name__ if fn is not None else None)
-            if not op_name:
-                raise ConfigError("give the window a name= or decorate a named function")
-            output_id = f"{op_name}/main"
-            late_id = f"{op_name}/late" if late is not None else None
+            op_name, output_id, late_id = _outputs_of("window", name, fn, late)
             spec = WindowSpec(
                 op_name,
                 topic,
@@ -239,9 +235,7 @@ class App:
                 late_id,
             )
             self._add(spec)
-            self.plan.sinks[output_id] = sink if sink is not None else _stdout()
-            if late is not None and late_id is not None:
-                self.plan.sinks[late_id] = late
+            self._attach(output_id, sink, late_id, late)
             return fn  # type: ignore[return-value]
 
         return register
@@ -367,11 +361,7 @@ class App:
         )
 
         def register(fn: F | None) -> F:
-            op_name = name or (fn.__name__ if fn is not None else None)
-            if not op_name:
-                raise ConfigError("give the join a name= or decorate a named function")
-            output_id = f"{op_name}/main"
-            late_id = f"{op_name}/late" if late is not None else None
+            op_name, output_id, late_id = _outputs_of("join", name, fn, late)
             spec = JoinSpec(
                 op_name,
                 JoinInput(left_topic, _predicate(left)),
@@ -385,9 +375,7 @@ class App:
                 late_id,
             )
             self._add(spec)
-            self.plan.sinks[output_id] = sink if sink is not None else _stdout()
-            if late is not None and late_id is not None:
-                self.plan.sinks[late_id] = late
+            self._attach(output_id, sink, late_id, late)
             return fn  # type: ignore[return-value]
 
         return register
@@ -404,6 +392,14 @@ class App:
                 f"{topic!r} is not a declared source; declare it first with app.source(...)"
             )
         return topic
+
+    def _attach(
+        self, output_id: str, sink: Sink | None, late_id: str | None, late: Sink | None
+    ) -> None:
+        """Route an operator's main output (default: stdout) and late output to sinks."""
+        self.plan.sinks[output_id] = sink if sink is not None else _stdout()
+        if late is not None and late_id is not None:
+            self.plan.sinks[late_id] = late
 
     def _add(self, spec: WindowSpec | ProcessSpec | JoinSpec) -> None:
         if any(op.name == spec.name for op in self.plan.operators):
@@ -445,6 +441,16 @@ class App:
     def run(self) -> None:
         """Blocking :meth:`run_async`."""
         asyncio.run(self.run_async())
+
+
+def _outputs_of(
+    kind: str, name: str | None, fn: Callable[..., Any] | None, late: Sink | None
+) -> tuple[str, str, str | None]:
+    """An operator's name, main output id and late output id (None without a late sink)."""
+    op_name = name or (fn.__name__ if fn is not None else None)
+    if not op_name:
+        raise ConfigError(f"give the {kind} a name= or decorate a named function")
+    return op_name, f"{op_name}/main", f"{op_name}/late" if late is not None else None
 
 
 def _result_fn(fn: Callable[..., Any] | None) -> Callable[[WindowResult], Any] | None:

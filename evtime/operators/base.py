@@ -110,6 +110,30 @@ def send_late(
     collector.dead_letter(batch_dead_letter(batch, i, DeadLetterReason.LATE, error, operator))
 
 
+def emit_shaped(
+    collector: Collector,
+    output_name: str,
+    fn: Callable[[Any], Any] | None,
+    result: Any,
+    timestamp: int,
+    on_error: Callable[[Any, Exception], None],
+) -> None:
+    """Emit an operator result (a WindowResult, a JoinResult) shaped by the user's ``fn``
+    (``result.to_dict()`` without one); None from ``fn`` emits nothing, an exception
+    goes to ``on_error``."""
+    if fn is None:
+        value: Any = result.to_dict()
+    else:
+        try:
+            value = fn(result)
+        except Exception as exc:
+            on_error(result, exc)
+            return
+        if value is None:
+            return
+    collector.emit(output_name, Output(result.key, value, timestamp, result.id))
+
+
 def describe_error(exc: BaseException) -> str:
     """A one-line description of a user-code exception for a dead letter."""
     text = str(exc)

@@ -58,7 +58,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from evtime.errors import ConfigError
-from evtime.operators.base import Collector, batch_dead_letter, describe_error, send_late
+from evtime.operators.base import (
+    Collector,
+    batch_dead_letter,
+    describe_error,
+    emit_shaped,
+    send_late,
+)
 from evtime.records import (
     Batch,
     DeadLetter,
@@ -67,7 +73,6 @@ from evtime.records import (
     JoinKind,
     JoinResult,
     KeyObj,
-    Output,
 )
 from evtime.state import KeyValueStore, TaskDB, TimerQueue
 from evtime.state.codec import decode_key, encode_key
@@ -382,19 +387,13 @@ class JoinOperator:
 
     def _emit(self, result: JoinResult) -> None:
         self.emitted_count += 1
-        fn = self.spec.result_fn
-        if fn is None:
-            value: Any = result.to_dict()
-        else:
-            try:
-                value = fn(result)
-            except Exception as exc:
-                self._result_failed(result, exc)
-                return
-            if value is None:
-                return
-        self._collector.emit(
-            self.spec.output, Output(result.key, value, result.timestamp, result.id)
+        emit_shaped(
+            self._collector,
+            self.spec.output,
+            self.spec.result_fn,
+            result,
+            result.timestamp,
+            self._result_failed,
         )
 
     # -- bad and late input -------------------------------------------------------

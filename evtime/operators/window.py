@@ -19,7 +19,13 @@ from typing import Any
 
 from evtime.aggregates import Aggregate, Count, Sum
 from evtime.errors import ConfigError
-from evtime.operators.base import Collector, batch_dead_letter, describe_error, send_late
+from evtime.operators.base import (
+    Collector,
+    batch_dead_letter,
+    describe_error,
+    emit_shaped,
+    send_late,
+)
 from evtime.records import (
     Batch,
     DeadLetter,
@@ -90,20 +96,13 @@ class _WindowBase:
     # -- emission -----------------------------------------------------------
     def _emit(self, result: WindowResult) -> None:
         self.emitted_count += 1
-        fn = self.spec.result_fn
-        if fn is None:
-            value: Any = result.to_dict()
-        else:
-            try:
-                value = fn(result)
-            except Exception as exc:
-                self._result_failed(result, exc)
-                return
-            if value is None:
-                return
-        self._collector.emit(
+        emit_shaped(
+            self._collector,
             self.spec.output,
-            Output(result.key, value, result.end - 1, result.id),
+            self.spec.result_fn,
+            result,
+            result.end - 1,
+            self._result_failed,
         )
 
     def _result_failed(self, result: WindowResult, exc: Exception) -> None:
