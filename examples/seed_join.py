@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,8 @@ from typing import Any
 from connectors.elasticsearch import ElasticsearchSink
 from connectors.kafka import KafkaDeadLetterSink, KafkaSource
 from evtime import App
+from evtime.app import SourceRef
+from evtime.io import Sink
 from evtime.records import JoinKind, JoinResult
 
 DEFAULTS = {
@@ -68,8 +71,22 @@ def document(result: JoinResult) -> dict[str, Any]:
     }
 
 
+def declare_join(app: App, events: SourceRef, args: argparse.Namespace, sink: Sink) -> None:
+    """The join itself: A and B events of ``events`` by key, full outer, within ``--within``,
+    lone events reported after ``--unmatched-after``, one document per key into ``sink``."""
+    app.join(
+        events.where(lambda v: v.get("type") == "A"),
+        events.where(lambda v: v.get("type") == "B"),
+        within=args.within,
+        how="outer",
+        emit_unmatched_after=args.unmatched_after,
+        sink=sink,
+        name="seed_join",
+    )(document)
+
+
 def build_app(args: argparse.Namespace) -> App:
-    """The pipeline: one source, one full outer interval join, one Elasticsearch index."""
+    """The pipeline: one Kafka source, one full outer interval join, one Elasticsearch index."""
     app = App(
         args.app_name,
         state_dir=args.state_dir,
@@ -84,20 +101,13 @@ def build_app(args: argparse.Namespace) -> App:
         timestamp="ts",
         max_out_of_orderness=args.max_out_of_orderness,
     )
-    app.join(
-        events.where(lambda v: v.get("type") == "A"),
-        events.where(lambda v: v.get("type") == "B"),
-        within=args.within,
-        how="outer",
-        emit_unmatched_after=args.unmatched_after,
-        sink=ElasticsearchSink(
-            args.index,
-            url=args.es_url,
-            id=lambda output: str(output.value["id"]),
-            dead_letter=app.plan.dead_letter,
-        ),
-        name="seed_join",
-    )(document)
+    sink = ElasticsearchSink(
+        args.index,
+        url=args.es_url,
+        id=lambda output: str(output.value["id"]),
+        dead_letter=app.plan.dead_letter,
+    )
+    declare_join(app, events, args, sink)
     return app
 
 
@@ -105,6 +115,9 @@ app = build_app(parse_args([]))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     asyncio.run(build_app(parse_args(argv)).run_async())
 
 
