@@ -1,9 +1,6 @@
-"""``evtime demo``: a generated clickstream through the embedded engine, checked at the end.
+"""``evtime demo --clickstream``: a generated clickstream through the embedded engine, checked.
 
-The seed pipeline (Kafka A/B join into Elasticsearch) needs the join operator
-and the Kafka runtime, which are not built yet; until they are, the demo runs
-the richest pipeline the engine supports on the embedded JSON-lines source,
-with no broker:
+Windows and timers on the embedded JSON-lines source, with no broker:
 
 * views per user per minute (tumbling window, 1 min allowed lateness),
 * user sessions (10 min gap) with their first and last page,
@@ -205,7 +202,7 @@ def expected_alerts(partitions: list[list[dict[str, Any]]]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="evtime demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="evtime demo --clickstream", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=2_000)
@@ -219,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work / "state", ignore_errors=True)
         for old in work.glob("*.jsonl"):
             old.unlink()
-    print("evtime demo: clickstream on the embedded engine (no broker).")
-    print("  The Kafka -> Elasticsearch join demo comes with the join operator and the Kafka")
-    print("  runtime; this demo exercises the event-time engine on local JSON-lines files.\n")
+    print("evtime demo --clickstream: windows and timers on the embedded engine (no broker).\n")
     print(f"generating {args.events:,} events for {args.users:,} users in "
           f"{args.partitions} partitions under {work} ...")
     paths, good, malformed = generate(args.events, args.users, args.partitions, args.seed, work)

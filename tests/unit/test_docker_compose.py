@@ -36,8 +36,10 @@ def test_worker_is_built_from_the_dockerfile_and_runs_an_evtime_command() -> Non
     command = worker["command"]
     assert command[0] == "evtime"
     # The command parses with the real CLI parser (a renamed subcommand breaks this test).
-    args = build_parser().parse_args(command[1:2])
+    args = build_parser().parse_args(command[1:])
     assert args.command == command[1]
+    if args.command in ("run", "worker"):  # a job file the image copies
+        assert (ROOT / args.app.split(":")[0]).is_file()
     assert set(worker["depends_on"]) == {"kafka", "elasticsearch"}
 
 
