@@ -5,6 +5,9 @@ The Kafka + OpenSearch mode runs in tests/integration/test_demo.py.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ import pytest
 from evtime import demo
 from tests.unit.join_reference import JoinConfig, one_topic_events, run_events
 
+ROOT = Path(__file__).resolve().parents[2]
 WITHIN = 6 * demo.HOUR
 AFTER = 15 * demo.MINUTE
 
@@ -98,3 +102,22 @@ def test_the_check_fails_when_a_document_is_wrong(capsys: pytest.CaptureFixture[
     assert "CHECK FAILED: 1 documents differ" in out
     assert "CHECK FAILED: 1 expected documents are missing" in out
     assert "CHECK FAILED: dead letters" in out
+
+
+def test_without_java_the_demo_says_so_and_runs_embedded(tmp_path: Path) -> None:
+    """A machine without Java: `evtime demo` names what is missing and runs the same join
+    on the embedded engine (the services are never touched)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": str(bin_dir), "EVTIME_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("EVTIME_KAFKA_BOOTSTRAP", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "evtime.cli", "demo", "--keys", "1000", "--out",
+         str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "EMBEDDED MODE: Kafka and OpenSearch are not used, because:" in proc.stdout
+    assert "`java` is not on PATH" in proc.stdout
+    assert "checked: all 1,000 documents equal" in proc.stdout
