@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-from rocksdict import ReadOptions, WriteBatch
+from rocksdict import WriteBatch
 
 from evtime.state.codec import decode_int, encode_int
 from evtime.state.store import Change, TaskDB, raw_keys
@@ -47,8 +47,13 @@ class TimerQueue:
         self._revived: set[bytes] = set()
         # Every persisted timer at or before this time has been popped: scans start after it.
         self._scanned_to: int | None = None
-        self._db_head: int | None = None  # earliest persisted, not deleted timer
-        self._db_head_valid = False
+        # Read-ahead of the persisted timers after the scan position, in key (= time) order,
+        # so that firing and peeking do not open a RocksDB iterator each time. Valid until
+        # the next snapshot changes the column family; fired / deleted ones are skipped.
+        self._ahead: list[bytes] = []
+        self._ahead_pos = 0
+        self._ahead_complete = False  # the read-ahead reached the column family's end
+        self._ahead_valid = False
         db.register_flusher(self._flush, self._after_commit)
 
     def register(self, ts: int, payload: bytes) -> None:
@@ -59,7 +64,6 @@ class TimerQueue:
             # there is none), so the timer must live in memory too.
             self._deleted.discard(full)
             self._revived.add(full)
-            self._db_head_valid = False
         if full not in self._pending:
             self._pending.add(full)
             heapq.heappush(self._heap, (ts, payload))
@@ -74,7 +78,6 @@ class TimerQueue:
                 return
             self._revived.discard(full)
         self._deleted.add(full)
-        self._db_head_valid = False
 
     def next_time(self) -> int | None:
         """The earliest registered time, or None when the queue is empty."""
@@ -105,10 +108,11 @@ class TimerQueue:
                 due.append((ts, payload))
         head = self._persisted_head()
         if head is not None and head <= until:
-            for full in self._scan(until):
-                self._deleted.add(full)
-                due.append((decode_int(full), bytes(full[8:])))
-            self._db_head_valid = False
+            deleted = self._deleted
+            for full in self._take_ahead(_start_after(until)):
+                if full not in deleted:
+                    deleted.add(full)
+                    due.append((decode_int(full), bytes(full[8:])))
         if self._scanned_to is None or until > self._scanned_to:
             self._scanned_to = until
         # A timer re-registered after a snapshot is both in memory and on disk: fire it once.
@@ -122,34 +126,47 @@ class TimerQueue:
         return persisted + len(self._pending)
 
     # -- persisted part ------------------------------------------------------------
-    def _scan(self, until: int | None) -> list[bytes]:
-        ro = ReadOptions()
-        if until is not None:
-            ro.set_iterate_upper_bound(_start_after(until))
-        start = _start_after(self._scanned_to)
-        deleted = self._deleted
-        return [key for key in raw_keys(self._cf, start, ro) if key not in deleted]
+    _READ_AHEAD = 1024
+
+    def _fill(self, start: bytes) -> None:
+        """Read the next persisted timers from ``start`` on into the read-ahead."""
+        ahead: list[bytes] = []
+        for key in raw_keys(self._cf, start):
+            ahead.append(key)
+            if len(ahead) == self._READ_AHEAD:
+                break
+        self._ahead = ahead
+        self._ahead_pos = 0
+        self._ahead_complete = len(ahead) < self._READ_AHEAD
+        self._ahead_valid = True
+
+    def _ahead_next(self) -> bytes | None:
+        """The next persisted timer in the read-ahead (refilled as needed), or None at the end."""
+        if not self._ahead_valid:
+            self._fill(_start_after(self._scanned_to))
+        while self._ahead_pos >= len(self._ahead):
+            if self._ahead_complete:
+                return None
+            self._fill(self._ahead[-1] + b"\x00")  # the first key after the last one read
+        return self._ahead[self._ahead_pos]
+
+    def _take_ahead(self, limit: bytes) -> list[bytes]:
+        """Consume the read-ahead's keys below ``limit`` (deleted ones included)."""
+        taken: list[bytes] = []
+        while (full := self._ahead_next()) is not None and full < limit:
+            taken.append(full)
+            self._ahead_pos += 1
+        return taken
 
     def _persisted_head(self) -> int | None:
-        if not self._db_head_valid:
-            self._db_head = None
-            ro = ReadOptions()
-            it = self._cf.iter(ro)
-            start = _start_after(self._scanned_to)
-            if start:
-                it.seek(start)
-            else:
-                it.seek_to_first()
-            deleted = self._deleted
-            while it.valid():
-                key = it.key()
-                if key not in deleted:
-                    self._db_head = decode_int(key)
-                    break
-                it.next()
-            del it
-            self._db_head_valid = True
-        return self._db_head
+        """The earliest persisted timer not fired or deleted (skipping those that are)."""
+        deleted = self._deleted
+        while (full := self._ahead_next()) is not None:
+            if full not in deleted:
+                return decode_int(full)
+            # A deleted timer registered again lives in memory: its disk copy is not needed.
+            self._ahead_pos += 1
+        return None
 
     def _flush(self, batch: WriteBatch) -> tuple[int, int, int]:
         handle = self._db._handle(self.name)
@@ -174,7 +191,7 @@ class TimerQueue:
         self._revived.clear()
         self._heap.clear()
         self._deleted.clear()
-        self._db_head_valid = False
+        self._ahead_valid = False
 
     def snapshot_info(self) -> dict[str, Any]:
         """Sizes for metrics and tests."""
