@@ -38,6 +38,7 @@ from tests.integration.seed_helpers import (
     count,
     dead_letters,
     delete_index,
+    delete_topics,
     expected,
     generate,
     headers,
@@ -114,6 +115,7 @@ def test_seed_join_killed_five_times_lands_exactly_the_reference_documents(
         _check_letters(kafka_bootstrap, topic, late)
     finally:
         delete_index(opensearch_url, index)
+    delete_topics(kafka_bootstrap, unique_name)  # kept when the test fails
     print(f"{len(events)} events, {len(want)} documents; killed at {kills}")
 
 
@@ -185,6 +187,7 @@ def test_seed_join_waits_out_a_30s_opensearch_outage_and_loses_nothing(
         _check_letters(kafka_bootstrap, topic, late)
     finally:
         delete_index(es, index)
+    delete_topics(kafka_bootstrap, unique_name)  # kept when the test fails
     print(
         f"{len(events)} events, {len(want)} documents; OpenSearch stopped in "
         f"{stopped - stopping:.1f} s, down {back - stopped:.1f} s (with its restart); "
@@ -239,4 +242,5 @@ def test_seed_join_documents_the_mapping_rejects_go_to_the_dead_letter_topic(
         assert_same_documents(last, {k: want[k] for k in bad})
     finally:
         delete_index(opensearch_url, index)
+    delete_topics(kafka_bootstrap, unique_name)  # kept when the test fails
     print(f"{len(good)} documents indexed, {len(bad)} keys' documents dead-lettered")

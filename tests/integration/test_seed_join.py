@@ -17,6 +17,7 @@ from tests.integration.seed_helpers import (
     assert_same_documents,
     dead_letters,
     delete_index,
+    delete_topics,
     expected,
     generate,
     late_letters,
@@ -55,3 +56,4 @@ def test_seed_join_lands_exactly_the_reference_documents(
         assert len(letters) == len(late), "dead letters other than the late records"
     finally:
         delete_index(opensearch_url, index)
+    delete_topics(kafka_bootstrap, unique_name)  # kept when the test fails
