@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -318,11 +318,28 @@ class KafkaGroupSource:
         except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
             log.warning("offset commit skipped (%s); the next checkpoint commits again", exc)
 
-    def pause(self, partitions: Sequence[TP]) -> None:
-        self.consumer.pause(*(TopicPartition(t, p) for t, p in partitions))
+    def pause(self, partitions: Iterable[TP]) -> None:
+        """Stop fetching ``partitions`` (those assigned now; a rebalance unpauses)."""
+        tps = self._now_assigned(partitions)
+        if tps:
+            self.consumer.pause(*tps)
 
-    def resume(self, partitions: Sequence[TP]) -> None:
-        self.consumer.resume(*(TopicPartition(t, p) for t, p in partitions))
+    def resume(self, partitions: Iterable[TP]) -> None:
+        """Fetch ``partitions`` again (those assigned now), from their positions."""
+        tps = self._now_assigned(partitions)
+        if tps:
+            self.consumer.resume(*tps)
+
+    def assignment(self) -> set[TP]:
+        return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+
+    def paused(self) -> set[TP]:
+        return {(tp.topic, tp.partition) for tp in self.consumer.paused()}
+
+    def _now_assigned(self, partitions: Iterable[TP]) -> list[TopicPartition]:
+        # aiokafka raises for a partition that is not (or no longer) assigned.
+        assigned = self.consumer.assignment()
+        return [tp for tp in (TopicPartition(t, p) for t, p in partitions) if tp in assigned]
 
     async def stop(self) -> None:
         if self._consumer is not None:

@@ -5,7 +5,7 @@ The core never imports a connector: it talks to these protocols only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 from evtime.records import ChangelogRecord, DeadLetter, Output, RawRecord
@@ -85,9 +85,20 @@ class GroupSource(Protocol):
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
 
-    def pause(self, partitions: Sequence[TopicPartition]) -> None: ...
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions assigned to this member now."""
+        ...
 
-    def resume(self, partitions: Sequence[TopicPartition]) -> None: ...
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop fetching ``partitions`` while :meth:`poll` goes on keeping the member in
+        the group (backpressure). Partitions not assigned now are ignored."""
+        ...
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        """Fetch ``partitions`` again from their positions (unassigned ones are ignored)."""
+        ...
+
+    def paused(self) -> set[TopicPartition]: ...
 
     async def stop(self) -> None: ...
 

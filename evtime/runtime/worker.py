@@ -3,6 +3,14 @@
 One asyncio loop, one consumer for every Kafka topic of the app, one task per
 assigned partition of each topic group (partition ``p`` of co-partitioned
 topics meets in one task). Records are processed a fetched batch at a time.
+
+Backpressure: each fetched batch is processed, delivered and (when due)
+checkpointed by one *step*. When a step's sink work is still outstanding after
+``pause_after_ms`` (a slow or unreachable sink), every assigned partition is
+paused and the consumer keeps being polled, so that the member stays in the
+group (``max.poll.interval.ms``) while nothing more is fetched; the partitions
+resume when the step is done. At most one batch is processed at a time, and at
+most one fetched while paused is held back: memory is bounded at any input rate.
 """
 
 from __future__ import annotations
@@ -50,11 +58,19 @@ class Worker:
         poll_ms: int = 100,
         handle_signals: bool = True,
         instance_id: str | None = None,
+        pause_after_ms: int = 1_000,
     ) -> None:
         plan.validate()
+        if pause_after_ms <= 0 or poll_ms <= 0:
+            raise ConfigError(
+                f"poll_ms ({poll_ms}) and pause_after_ms ({pause_after_ms}) must be positive; "
+                "keep both well under the consumer's max_poll_interval_ms"
+            )
         self.plan = plan
         self.clock = clock or SystemClock()
         self.poll_ms = poll_ms
+        # How long a step's sink work may take before the partitions are paused.
+        self.pause_after_ms = pause_after_ms
         self.handle_signals = handle_signals
         # A stable id per worker process (static group membership): a restarted worker
         # gets its partitions back at once instead of after the session timeout.
@@ -77,7 +93,7 @@ class Worker:
         self._txns: dict[TaskId, Transaction] = {}
         self.exactly_once = plan.guarantee is Guarantee.EXACTLY_ONCE
         self.timings: dict[str, float] = dict.fromkeys(
-            ("startup", "poll", "process", "deliver", "checkpoint"), 0.0
+            ("startup", "poll", "process", "deliver", "checkpoint", "paused"), 0.0
         )
         """Seconds spent in each phase of the loop (for metrics and benchmarks)."""
         self.restored_records = 0
@@ -86,6 +102,14 @@ class Worker:
         self._signals = 0
         self._last_checkpoint = 0
         self.checkpoints = 0
+        self.pauses = 0
+        """Backpressure episodes: times the partitions were paused for a slow step."""
+        self.assignments = 0
+        self.revocations = 0
+        # Polls that returned records while the partitions were paused (of a partition
+        # assigned meanwhile), processed after the step.
+        self._held: list[dict[TopicPartition, list[Any]]] = []
+        self._paused_at = 0.0
 
     # -- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
@@ -108,37 +132,107 @@ class Worker:
         self._last_checkpoint = self.clock.now_ms()
         log.info("worker %s started on topics %s", self.plan.app_name, sorted(self.plan.sources))
         failed = False
+        step: asyncio.Task[None] | None = None
         try:
             timings = self.timings
             clock = time.perf_counter
-            while not self._stop.is_set():
+            pause_after = self.pause_after_ms / 1000
+            while step is not None or not self._stop.is_set():
+                if step is not None:
+                    # Backpressure: poll (every partition paused) while the step runs.
+                    step = await self._wait_paused(source, step)
+                    continue
                 t0 = clock()
                 batches = await source.poll(self.poll_ms, self.plan.batch_size)
                 t1 = clock()
+                timings["poll"] += t1 - t0
                 if batches and not timings["startup"]:
                     timings["startup"] = t1 - started
-                async with self._lock:
-                    await self._process(batches)
-                    now = self.clock.now_ms()
-                    for task in self.tasks.values():
-                        task.tick(now)
-                    t2 = clock()
-                    await self._deliver(self.tasks.values())
-                    t3 = clock()
-                    if now - self._last_checkpoint >= self.plan.checkpoint_interval:
-                        await self._checkpoint(list(self.tasks.values()))
-                    t4 = clock()
-                timings["poll"] += t1 - t0
-                timings["process"] += t2 - t1
-                timings["deliver"] += t3 - t2
-                timings["checkpoint"] += t4 - t3
+                held, self._held = self._held, []
+                step = asyncio.create_task(self._step([*held, batches]))
+                await asyncio.wait((step,), timeout=pause_after)
+                if step.done():
+                    done, step = step, None
+                    done.result()
+                else:
+                    self._pause(source)
         except Exception:
             # A failed step may have moved offsets past records it did not finish:
             # no checkpoint, so the last snapshot stands and a restart resumes there.
             failed = True
             raise
         finally:
+            if step is not None and not step.done():
+                # Interrupted (an error, a cancellation) in the middle of its sink work.
+                failed = True
+                step.cancel()
+                await asyncio.gather(step, return_exceptions=True)
             await self._shutdown(source, checkpoint=not failed)
+
+    async def _step(self, fetched: list[dict[TopicPartition, list[Any]]]) -> None:
+        """Process the ``fetched`` batches (in the order of their polls), let wall-clock
+        time act, deliver the outputs and checkpoint when due: every task is touched under
+        the lock that rebalances take."""
+        timings = self.timings
+        clock = time.perf_counter
+        async with self._lock:
+            t1 = clock()
+            for batches in fetched:
+                # One poll at a time: a seek between two polls (a rebalance) may make the
+                # second start before the end of the first, which _process then skips.
+                await self._process(batches)
+            now = self.clock.now_ms()
+            for task in self.tasks.values():
+                task.tick(now)
+            t2 = clock()
+            await self._deliver(self.tasks.values())
+            t3 = clock()
+            if now - self._last_checkpoint >= self.plan.checkpoint_interval:
+                await self._checkpoint(list(self.tasks.values()))
+            t4 = clock()
+        timings["process"] += t2 - t1
+        timings["deliver"] += t3 - t2
+        timings["checkpoint"] += t4 - t3
+
+    def _pause(self, source: GroupSource) -> None:
+        self._paused_at = time.monotonic()
+        self.pauses += 1
+        partitions = source.assignment()
+        source.pause(partitions)
+        log.warning(
+            "backpressure: a step (its sink writes, its checkpoint, or a rebalance holding its "
+            "tasks) still runs after %.1f s; pausing %d partitions, polling only to stay in "
+            "the group",
+            self.pause_after_ms / 1000,
+            len(partitions),
+        )
+
+    async def _wait_paused(
+        self, source: GroupSource, step: asyncio.Task[None]
+    ) -> asyncio.Task[None] | None:
+        """Wait up to ``poll_ms`` for ``step``, then poll once without waiting (the member
+        stays in the group); return the step while it runs, None once it is done (the
+        partitions resumed)."""
+        await asyncio.wait((step,), timeout=self.poll_ms / 1000)
+        if not step.done():
+            # Partitions assigned meanwhile are not paused yet; pausing is idempotent.
+            source.pause(source.assignment())
+            batches = await source.poll(0, self.plan.batch_size)
+            if batches:
+                # Of a partition assigned during the poll (before it could be paused).
+                self._held.append(batches)
+            return step
+        step.result()
+        paused = time.monotonic() - self._paused_at
+        self.timings["paused"] += paused
+        partitions = source.assignment()
+        source.resume(partitions)
+        log.info(
+            "backpressure: caught up after %.1f s paused; resuming %d partitions",
+            paused,
+            len(partitions),
+        )
+        return None
 
     def stop(self) -> None:
         """Ask the worker to checkpoint every task, leave the group and return."""
@@ -287,6 +381,9 @@ class Worker:
     # -- rebalance -------------------------------------------------------------------
     async def _on_revoked(self, partitions: list[TopicPartition]) -> None:
         async with self._lock:
+            self.revocations += 1
+            # Not processed: the next owner (or this worker, after a seek) fetches them.
+            self._drop_held(partitions)
             ids = {(self._group_of[t], p) for t, p in partitions}
             tasks = [self.tasks[i] for i in ids if i in self.tasks]
             if tasks:
@@ -299,6 +396,11 @@ class Worker:
                 if txn is not None:
                     await txn.close()
             log.info("revoked %s", sorted(partitions))
+
+    def _drop_held(self, partitions: list[TopicPartition]) -> None:
+        for batches in self._held:
+            for tp in partitions:
+                batches.pop(tp, None)
 
     async def _on_assigned(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Open the tasks of new partitions, reconcile their state, choose where they resume.
@@ -326,6 +428,8 @@ class Worker:
                         )
                         await txn.begin()
                         self._txns[tid] = txn
+            self.assignments += 1
+            self._drop_held(partitions)  # each partition is sought to its task's offset
             committed = await self._source.committed(partitions)
             starts: dict[TopicPartition, int] = {}
             opened: set[TaskId] = set()
