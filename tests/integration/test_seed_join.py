@@ -32,8 +32,8 @@ def test_seed_join_lands_exactly_the_reference_documents(
 ) -> None:
     topic = f"{unique_name}-events"
     index = unique_name
-    events = generate(50_000, seed=5)
-    assert len(events) >= 95_000
+    events = generate(53_000, seed=5)
+    assert len(events) >= 100_000
     want, late = expected(events, topic)
     assert late
     statuses = {d["status"] for d in want.values()}
