@@ -9,6 +9,7 @@ test opens it (as the Elasticsearch sink does while it retries an unreachable cl
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,12 +105,14 @@ async def test_a_sink_slower_than_max_poll_interval_pauses_the_partitions_and_ke
     run = asyncio.create_task(worker.run())
     try:
         await asyncio.wait_for(sink.blocked.wait(), timeout=60)
-        await _until(lambda: worker.pauses == 1, 10, "the partitions to be paused")
         source = worker._source
         assert isinstance(source, KafkaGroupSource)
         assigned = {(t, p) for (_g, p) in worker.tasks for t in _g}
         assert len(assigned) == PARTITIONS
-        assert source.paused() == assigned
+        # (A first, short pause may come earlier: the first step waits while the
+        # assignment opens the tasks.)
+        await _until(lambda: source.paused() == assigned, 10, "the partitions to be paused")
+        pauses = worker.pauses
         # More input arrives while the sink is stuck: none of it is fetched or processed.
         await produce(kafka_bootstrap, topic, PARTITIONS, records[8_000:])
         processed = _processed(worker)
@@ -117,6 +120,7 @@ async def test_a_sink_slower_than_max_poll_interval_pauses_the_partitions_and_ke
         assert not run.done()
         assert _processed(worker) == processed
         assert source.paused() == assigned
+        assert worker.pauses == pauses  # one episode, however many polls
         assert worker._held == []  # every partition was paused before each poll
         sink.gate.set()
         await _until(
@@ -130,8 +134,71 @@ async def test_a_sink_slower_than_max_poll_interval_pauses_the_partitions_and_ke
         assert _processed(worker) == len(records)
         assert not source.paused()
     finally:
+        sink.gate.set()
         worker.stop()
         await asyncio.wait_for(run, timeout=60)
     duplicates = check_windows([(str(o.id), o.value) for o in sink.outputs], expected)
     assert duplicates == 0
     assert worker.pauses >= 1 and worker.timings["paused"] > 2 * MAX_POLL_MS / 1000
+
+
+async def test_a_rebalance_while_the_sink_is_stuck_waits_for_it_then_moves_the_partitions(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Worker A's sink is stuck when worker B joins: A's revocation (which checkpoints,
+    under the tasks' lock) waits for the stuck step instead of racing it, then hands the
+    partitions over; B restores their state from the changelog. Together they compute
+    the reference."""
+    topic = f"{unique_name}-in"
+    records, per_partition = keyed_stream(20_000, seed=12, partitions=PARTITIONS)
+    expected, _late = reference_counts(per_partition, SIZE, OOO)
+    await create_topics(kafka_bootstrap, {topic: PARTITIONS})
+    await produce(kafka_bootstrap, topic, PARTITIONS, records[:6_000])
+
+    caplog.set_level(logging.INFO, logger="aiokafka.consumer.group_coordinator")
+    sink_a, sink_b = GatedSink(), GatedSink()
+    app_a = _app(unique_name, topic, kafka_bootstrap, tmp_path / "a", sink_a)
+    app_b = _app(unique_name, topic, kafka_bootstrap, tmp_path / "b", sink_b)
+    worker_a: Worker = app_a.worker(handle_signals=False, poll_ms=50, pause_after_ms=200)
+    worker_b: Worker = app_b.worker(handle_signals=False, poll_ms=50, pause_after_ms=200)
+    run_a = asyncio.create_task(worker_a.run())
+    run_b: asyncio.Task[None] | None = None
+    try:
+        await _until(lambda: len(sink_a.outputs) > 0, 60, "worker A's first windows")
+        sink_a.gate.clear()
+        await produce(kafka_bootstrap, topic, PARTITIONS, records[6_000:12_000])
+        await asyncio.wait_for(sink_a.blocked.wait(), timeout=30)
+        await _until(lambda: worker_a.pauses >= 1, 10, "worker A to pause")
+        run_b = asyncio.create_task(worker_b.run())
+        # B's join asks A to give its partitions up (A's next heartbeat learns it): A's
+        # revocation callback starts, and waits for the stuck step.
+        await _until(
+            lambda: any(
+                "Revoking previously assigned partitions frozenset" in r.getMessage()
+                for r in caplog.records
+            ),
+            30,
+            "worker A's revocation to start",
+        )
+        await asyncio.sleep(0.5)
+        assert worker_a.revocations == 0 and not run_a.done()
+        sink_a.gate.set()
+        await _until(lambda: worker_b.assignments >= 1 and worker_b.tasks, 60, "B's partitions")
+        await produce(kafka_bootstrap, topic, PARTITIONS, records[12_000:])
+        await _until(
+            lambda: len({o.id for o in sink_a.outputs + sink_b.outputs}) >= len(expected),
+            90,
+            "every window in the two sinks",
+        )
+        assert worker_a.revocations >= 1
+        assert worker_a.tasks and worker_b.tasks  # the partitions are shared
+        assert not run_a.done() and not run_b.done()
+    finally:
+        sink_a.gate.set()
+        worker_a.stop()
+        worker_b.stop()
+        await asyncio.wait_for(run_a, timeout=60)
+        if run_b is not None:
+            await asyncio.wait_for(run_b, timeout=60)
+    assert worker_b.restored_records > 0  # B took A's state over from the changelog
+    check_windows([(str(o.id), o.value) for o in sink_a.outputs + sink_b.outputs], expected)
