@@ -38,7 +38,7 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
-from connectors.kafka_changelog import KafkaChangelog
+from connectors.kafka_changelog import KafkaChangelog, partition_counts
 from evtime.errors import ConfigError, EvtimeError
 from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP
@@ -117,6 +117,10 @@ class KafkaSource:
         if instance_id:
             config.setdefault("group_instance_id", instance_id)
         return KafkaGroupSource(self.bootstrap, group_id, list(topics), config)
+
+    async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
+        """How many partitions each of ``topics`` has on this source's cluster."""
+        return await partition_counts(self.bootstrap, topics)
 
     def changelog(self, topic: str) -> KafkaChangelog:
         """The changelog topic ``topic`` on this source's cluster."""

@@ -27,6 +27,10 @@ log = logging.getLogger("evtime.changelog")
 
 
 async def _partition_count(admin: AIOKafkaAdminClient, topic: str) -> int:
+    # Asked for by name, a missing topic would be created by a broker that auto-creates
+    # topics (with its default partition count): its existence is checked first.
+    if topic not in await admin.list_topics():
+        raise ConfigError(f"source topic {topic!r} does not exist; create it before starting")
     for _ in range(100):
         meta = await admin.describe_topics([topic])
         found = meta[0].get("partitions") if meta else None
@@ -34,6 +38,16 @@ async def _partition_count(admin: AIOKafkaAdminClient, topic: str) -> int:
             return len(found)
         await asyncio.sleep(0.1)
     raise ConfigError(f"source topic {topic!r} does not exist; create it before starting")
+
+
+async def partition_counts(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
+    """How many partitions each of ``topics`` has (ConfigError if one does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return {topic: await _partition_count(admin, topic) for topic in topics}
+    finally:
+        await admin.close()
 
 
 class KafkaChangelog:

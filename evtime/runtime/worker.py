@@ -118,6 +118,7 @@ class Worker:
         started = time.perf_counter()
         if self.handle_signals:
             self._install_signal_handlers()
+        await self._check_co_partitioned()
         for group in self.plan.groups():
             changelog = self._factory.changelog(
                 f"{self.plan.app_name}-{group_name(group)}-changelog"
@@ -233,6 +234,23 @@ class Worker:
             len(partitions),
         )
         return None
+
+    async def _check_co_partitioned(self) -> None:
+        """Topics read by one task (a join) must have equal partition counts: the group
+        assigns partition ``p`` of each to the same task, and with unequal counts records
+        of one key would meet the other side's in no task."""
+        for group in self.plan.groups():
+            if len(group) < 2:
+                continue
+            counts = await self._factory.partition_counts(group)
+            if len(set(counts.values())) > 1:
+                found = ", ".join(f"{t!r} has {counts[t]}" for t in group)
+                raise ConfigError(
+                    f"topics {list(group)} are joined, so they must be co-partitioned, but "
+                    f"their partition counts differ: {found}. Create them with equal "
+                    "partition counts (and the same key partitioning), or repartition one "
+                    f"into a topic with {max(counts.values())} partitions keyed like the other"
+                )
 
     def stop(self) -> None:
         """Ask the worker to checkpoint every task, leave the group and return."""
