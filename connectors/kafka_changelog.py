@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,9 +54,11 @@ async def partition_counts(bootstrap: str, topics: Sequence[str]) -> dict[str, i
 class KafkaChangelog:
     """The changelog topic ``topic`` (created compacted, with ``partitions`` partitions)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, progress_every_s: float = 5.0) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.progress_every_s = progress_every_s
+        """How often a long read (a restore) logs its progress."""
         self._producer: AIOKafkaProducer | None = None
         self._reader: AIOKafkaConsumer | None = None
 
@@ -183,7 +186,8 @@ class KafkaChangelog:
         return self._reader
 
     async def read(self, partition: int, start: int) -> list[ChangelogRecord]:
-        """Every record of ``partition`` from offset ``start`` to the current end."""
+        """Every record of ``partition`` from offset ``start`` to the current end, with the
+        progress logged every ``progress_every_s`` (records, percent of the range, rate)."""
         consumer = await self._ensure_reader()
         tp = TopicPartition(self.topic, partition)
         out: list[ChangelogRecord] = []
@@ -193,7 +197,23 @@ class KafkaChangelog:
             if start >= end:
                 return out
             consumer.seek(tp, start)
-            while await consumer.position(tp) < end:
+            began = last_report = time.monotonic()
+            while (position := await consumer.position(tp)) < end:
+                now = time.monotonic()
+                if now - last_report >= self.progress_every_s:
+                    last_report = now
+                    log.info(
+                        "restoring %s[%d]: %d records read, offset %d of %d..%d (%.0f%%), "
+                        "%.0f records/s",
+                        self.topic,
+                        partition,
+                        len(out),
+                        position,
+                        start,
+                        end,
+                        100 * (position - start) / (end - start),
+                        len(out) / max(now - began, 1e-6),
+                    )
                 batches = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
                 for r in batches.get(tp, []):
                     if r.offset >= end:

@@ -481,15 +481,17 @@ class Worker:
             task.close()
             task = PartitionTask(self.plan, group, partition, self.clock)
             self.restored_records += plan.applied
+            took = time.monotonic() - started
             log.info(
                 "%s[%d]: restored %d changelog records (%d skipped: uncommitted) from offset "
-                "%d in %.1f s; resuming at %s",
+                "%d in %.1f s (%.0f records/s); resuming at %s",
                 group_name(group),
                 partition,
                 plan.applied,
                 plan.skipped,
                 start,
-                time.monotonic() - started,
+                took,
+                len(records) / max(took, 1e-6),
                 task.offsets,
             )
         elif any(task.offsets[t] > committed.get(t, 0) for t in group):
