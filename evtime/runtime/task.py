@@ -272,7 +272,9 @@ class PartitionTask:
         if set(map(type, timestamps)) != {int} or not set(map(type, keys)) <= {str, int}:
             return None
         wb = watermark_before
-        watermarks = [w if w > wb else wb for w in [m - delay for m in accumulate(timestamps, max)]]
+        watermarks = [m - delay for m in accumulate(timestamps, max)]
+        if watermarks[0] < wb:  # the running maxima do not decrease: clamp only if needed
+            watermarks = [w if w > wb else wb for w in watermarks]
         return keys, values, timestamps, watermarks
 
     def _dead(self, topic: str, raw: RawRecord, value: Any, exc: Exception) -> None:
