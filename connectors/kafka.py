@@ -11,8 +11,9 @@ reason in headers.
 A broker that goes away is waited for, never a reason to drop anything: aiokafka's
 consumer refetches and retries offset commits by itself, a started producer keeps
 its batches until the broker is back, and what aiokafka gives up on (starting a
-sink's producer, which happens at its first write; queuing a batch behind one that
-cannot be sent) is retried here with backoff.
+consumer or producer, a transactional one included; queuing a batch behind one that
+cannot be sent) is retried with backoff, up to ``EVTIME_KAFKA_BROKER_WAIT`` (see
+connectors/kafka_retry.py).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -32,13 +33,13 @@ from aiokafka.errors import (
     IllegalStateError,
     KafkaConnectionError,
     KafkaError,
-    KafkaTimeoutError,
     NodeNotReadyError,
     RebalanceInProgressError,
 )
 from aiokafka.partitioner import murmur2
 
 from connectors.kafka_changelog import KafkaChangelog, partition_counts
+from connectors.kafka_retry import while_unreachable
 from evtime.errors import ConfigError, EvtimeError
 from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP
@@ -48,45 +49,6 @@ log = logging.getLogger("evtime.kafka")
 _MAX_TS = 2**63 - 1
 _Rec = tuple[bytes | None, bytes, int | None, list[tuple[str, bytes]]]
 """A record to produce: key, value, timestamp (ms or None), headers."""
-_T = TypeVar("_T")
-_BACKOFF_FIRST_S = 0.1
-_BACKOFF_MAX_S = 5.0
-
-
-def _unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` means "the broker cannot be reached now" rather than "this is wrong".
-
-    Retriable aiokafka errors (connection refused or closed, node not ready, request
-    timed out, no leader yet) and KafkaTimeoutError (metadata not available in time).
-    """
-    return isinstance(exc, KafkaTimeoutError) or (
-        isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
-    )
-
-
-async def _while_unreachable(what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
-    """``await attempt()`` until it succeeds, waiting with exponential backoff (0.1 s up to
-    5 s) while the broker is unreachable. Any other error is raised at once.
-
-    There is no deadline: an unreachable broker applies backpressure (DESIGN.md §8), as
-    aiokafka's own offset commits do; each failed attempt is logged.
-    """
-    delay = _BACKOFF_FIRST_S
-    while True:
-        try:
-            return await attempt()
-        except Exception as exc:
-            if not _unreachable(exc):
-                raise
-            log.warning(
-                "%s: broker unreachable (%s: %s); retrying in %.1f s",
-                what,
-                type(exc).__name__,
-                exc,
-                delay,
-            )
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, _BACKOFF_MAX_S)
 
 
 def default_bootstrap() -> str:
@@ -101,7 +63,11 @@ class KafkaSource:
     """A Kafka topic as an app input.
 
     ``bootstrap`` defaults to ``EVTIME_KAFKA_BOOTSTRAP`` (else 127.0.0.1:9092);
-    ``consumer_config`` passes further aiokafka consumer settings.
+    ``consumer_config`` passes further aiokafka consumer settings, e.g.
+    ``max_poll_interval_ms`` (default 300,000): a member that does not poll for that long
+    leaves the group. The worker keeps polling while its sinks are slow (it pauses the
+    partitions after ``pause_after_ms`` instead), so this bounds a rebalance's wait for
+    a stuck sink rather than the sink itself.
     """
 
     topic: str
@@ -165,16 +131,25 @@ class KafkaTransaction:
 
     def __init__(self, bootstrap: str, transactional_id: str) -> None:
         self.transactional_id = transactional_id
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            transactional_id=transactional_id,
+        self._bootstrap = bootstrap
+        self._producer = self._new_producer()
+        self._started = False
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            transactional_id=self.transactional_id,
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
             max_batch_size=512 * 1024,
+            # The broker aborts a transaction open longer than this: it must outlast a
+            # broker outage (a checkpoint waits for the broker), within the broker's
+            # transaction.max.timeout.ms (15 min by default).
+            transaction_timeout_ms=600_000,
         )
-        _retry_closed_connections_in_coordinator_lookups(self._producer)
-        self._started = False
+        _retry_closed_connections_in_coordinator_lookups(producer)
+        return producer
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -182,9 +157,21 @@ class KafkaTransaction:
 
     async def begin(self) -> None:
         if not self._started:
-            await self._producer.start()
+            # Starting fences the task's previous producer: it needs the broker (and the
+            # transaction coordinator), which may be away during a rebalance.
+            await while_unreachable(
+                f"starting the transactional producer {self.transactional_id!r}", self._start
+            )
             self._started = True
         await self._producer.begin_transaction()
+
+    async def _start(self) -> None:
+        try:
+            await self._producer.start()
+        except BaseException:
+            await self._producer.stop()
+            self._producer = self._new_producer()  # a failed one cannot start again
+            raise
 
     async def commit(self, offsets: dict[TP, int], group_id: str) -> None:
         if offsets:
@@ -260,9 +247,20 @@ class KafkaGroupSource:
     async def start(self, on_assigned: AssignCallback, on_revoked: RevokeCallback) -> None:
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
-        self._consumer = AIOKafkaConsumer(**self._settings)
-        await self._consumer.start()
-        self._consumer.subscribe(self._topics, listener=_Listener(self))
+        consumer = await while_unreachable(
+            f"starting the consumer of group {self.group_id!r}", self._start_consumer
+        )
+        consumer.subscribe(self._topics, listener=_Listener(self))
+        self._consumer = consumer
+
+    async def _start_consumer(self) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(**self._settings)
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()  # a failed start leaves a client and its tasks behind
+            raise
+        return consumer
 
     async def _revoked(self, revoked: list[TopicPartition]) -> None:
         if self._on_revoked is not None and revoked:
@@ -394,7 +392,7 @@ class KafkaSink:
         # down (records fetched before the outage are still being processed): start()
         # then fails at once ("Unable to bootstrap"), so it is retried until it is back.
         if self._producer is None:
-            self._producer = await _while_unreachable(
+            self._producer = await while_unreachable(
                 f"starting the producer of {self.topic!r}", self._start_producer
             )
         return self._producer
@@ -410,7 +408,7 @@ class KafkaSink:
 
     async def _partitions(self, producer: AIOKafkaProducer) -> int:
         if self._partition_count is None:
-            parts = await _while_unreachable(
+            parts = await while_unreachable(
                 f"reading the partitions of {self.topic!r}",
                 lambda: producer.partitions_for(self.topic),
             )
@@ -484,7 +482,7 @@ class KafkaSink:
         # aiokafka queues a partition's batch only once the previous one is drained: while
         # the broker is down, send_batch gives up after request_timeout_ms (40 s) with a
         # KafkaTimeoutError and without queuing the batch, so it is retried as it is.
-        return await _while_unreachable(
+        return await while_unreachable(
             f"producing to {self.topic!r}[{partition}]",
             lambda: producer.send_batch(batch, self.topic, partition=partition),
         )

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from connectors.kafka_retry import while_unreachable
 from evtime.errors import ConfigError
 from evtime.records import ChangelogRecord
 from evtime.runtime.changelog import CHECKPOINT_HEADER
@@ -41,14 +42,25 @@ async def _partition_count(admin: AIOKafkaAdminClient, topic: str) -> int:
     raise ConfigError(f"source topic {topic!r} does not exist; create it before starting")
 
 
-async def partition_counts(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
-    """How many partitions each of ``topics`` has (ConfigError if one does not exist)."""
+@contextlib.asynccontextmanager
+async def _admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
-        return {topic: await _partition_count(admin, topic) for topic in topics}
+        await admin.start()
+        yield admin
     finally:
         await admin.close()
+
+
+async def partition_counts(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
+    """How many partitions each of ``topics`` has (ConfigError if one does not exist);
+    an unreachable broker is waited for (connectors/kafka_retry.py)."""
+
+    async def attempt() -> dict[str, int]:
+        async with _admin(bootstrap) as admin:
+            return {topic: await _partition_count(admin, topic) for topic in topics}
+
+    return await while_unreachable(f"reading the partition counts of {list(topics)}", attempt)
 
 
 class KafkaChangelog:
@@ -64,10 +76,13 @@ class KafkaChangelog:
 
     async def ensure(self, source_topic: str) -> None:
         """Create the topic, with ``source_topic``'s partition count, if it is missing;
-        check its partition count if it exists."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
+        check its partition count if it exists. An unreachable broker is waited for."""
+        await while_unreachable(
+            f"creating the changelog topic {self.topic!r}", lambda: self._ensure(source_topic)
+        )
+
+    async def _ensure(self, source_topic: str) -> None:
+        async with _admin(self.bootstrap) as admin:
             partitions = await _partition_count(admin, source_topic)
             cluster = await admin.describe_cluster()
             replicas = max(1, min(3, len(cluster.get("brokers") or [])))
@@ -100,21 +115,28 @@ class KafkaChangelog:
                         )
                     return
                 await asyncio.sleep(0.1)
-        finally:
-            await admin.close()
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap,
-                enable_idempotence=True,
-                acks="all",
-                linger_ms=5,
-                max_batch_size=512 * 1024,
+            self._producer = await while_unreachable(
+                f"starting the producer of {self.topic!r}", self._start_producer
             )
-            await producer.start()
-            self._producer = producer
         return self._producer
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()  # a failed start leaves a client and its tasks behind
+            raise
+        return producer
 
     async def append(
         self,
@@ -140,7 +162,7 @@ class KafkaChangelog:
             count = 0
             for key, value in records:
                 if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
-                    fut = await producer.send_batch(batch, self.topic, partition=partition)
+                    fut = await self._send_batch(producer, batch, partition)
                     last[partition] = (fut, count)
                     sent.append(fut)
                     batch = producer.create_batch()
@@ -148,7 +170,7 @@ class KafkaChangelog:
                     count = 0
                 count += 1
             if count:
-                fut = await producer.send_batch(batch, self.topic, partition=partition)
+                fut = await self._send_batch(producer, batch, partition)
                 last[partition] = (fut, count)
                 sent.append(fut)
         for fut in sent:
@@ -158,6 +180,15 @@ class KafkaChangelog:
             meta = await fut  # the batch's base offset, once acknowledged
             ends[partition] = meta.offset + count
         return ends
+
+    async def _send_batch(self, producer: AIOKafkaProducer, batch: Any, partition: int) -> Any:
+        # aiokafka queues a partition's batch only once the previous one is drained: while
+        # the broker is down, send_batch gives up after request_timeout_ms (40 s) without
+        # queuing the batch, so it is retried as it is.
+        return await while_unreachable(
+            f"appending to {self.topic!r}[{partition}]",
+            lambda: producer.send_batch(batch, self.topic, partition=partition),
+        )
 
     async def end_offsets(self, partitions: list[int]) -> dict[int, int]:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
@@ -173,17 +204,26 @@ class KafkaChangelog:
         # One reader for every restore of this worker: a consumer costs a connection
         # and a metadata round trip to start.
         if self._reader is None:
-            reader = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                # Records of aborted transactions (exactly-once) are never restored.
-                isolation_level="read_committed",
-                max_partition_fetch_bytes=8 * 1024 * 1024,
+            self._reader = await while_unreachable(
+                f"starting the reader of {self.topic!r}", self._start_reader
             )
-            await reader.start()
-            self._reader = reader
         return self._reader
+
+    async def _start_reader(self) -> AIOKafkaConsumer:
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # Records of aborted transactions (exactly-once) are never restored.
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        try:
+            await reader.start()
+        except BaseException:
+            await reader.stop()
+            raise
+        return reader
 
     async def read(self, partition: int, start: int) -> list[ChangelogRecord]:
         """Every record of ``partition`` from offset ``start`` to the current end, with the

@@ -42,9 +42,10 @@ PARTITIONS = 4
 SIZE = 10_000
 OOO = 5_000
 # How long the broker stays down, on top of its stop (~0.5-5 s) and start (~5-20 s, more
-# with more partitions to load). Producers fail batches pending for 40 s without a leader
-# (aiokafka's request_timeout_ms), so the whole outage must stay well under that.
+# with more partitions to load): a short outage, and one longer than aiokafka's request
+# timeout (40 s), after which what aiokafka gives up on is retried by evtime.
 DOWN_S = 5.0
+LONG_DOWN_S = 60.0
 
 
 async def _cluster_id(bootstrap: str) -> str:
@@ -110,7 +111,22 @@ def test_broker_restart_mid_run_the_worker_survives_and_loses_nothing(
 ) -> None:
     """at_least_once: nothing missing, every duplicate an identical re-emission.
     exactly_once: a read_committed consumer sees every window exactly once."""
-    kafka_bootstrap = restartable_broker
+    _restart_mid_run(restartable_broker, unique_name, tmp_path, processing, DOWN_S)
+
+
+@pytest.mark.parametrize("processing", ["at_least_once", "exactly_once"])
+def test_a_broker_outage_longer_than_the_request_timeouts_the_worker_survives(
+    restartable_broker: str, unique_name: str, tmp_path: Path, processing: str
+) -> None:
+    """The broker stays away for a minute, longer than aiokafka's request timeout (40 s)
+    and the default transaction timeout (60 s): producers' batches expire, admin and
+    transactional clients cannot start; every step waits and retries, nothing is lost."""
+    _restart_mid_run(restartable_broker, unique_name, tmp_path, processing, LONG_DOWN_S)
+
+
+def _restart_mid_run(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, processing: str, down_s: float
+) -> None:
     env = worker_env(unique_name, tmp_path)
     env["EVTIME_TEST_CHECKPOINT"] = "300ms"  # checkpoints (flush + commit) during the outage
     env["EVTIME_TEST_PROCESSING"] = processing
@@ -142,7 +158,7 @@ def test_broker_restart_mid_run_the_worker_survives_and_loses_nothing(
         asyncio.run(produce(kafka_bootstrap, topic_in, PARTITIONS, records[20_000:35_000]))
         stopped = time.monotonic()
         services.down(["kafka"])
-        time.sleep(DOWN_S)
+        time.sleep(down_s)
         assert proc.poll() is None, f"the worker died while the broker was down:\n{log_tail()}"
         services.restart(["kafka"])
         back = time.monotonic()
@@ -172,9 +188,57 @@ def test_broker_restart_mid_run_the_worker_survives_and_loses_nothing(
     asyncio.run(_delete_topics(kafka_bootstrap, unique_name))  # kept when the test fails
     print(
         f"{processing}: {len(expected)} windows, {duplicates} identical re-emissions; broker down "
-        f"{back - stopped:.1f} s (stop + {DOWN_S:.0f} s + restart), all windows out "
+        f"{back - stopped:.1f} s (stop + {down_s:.0f} s + restart), all windows out "
         f"{done - back:.1f} s after it was back, {done - started:.1f} s in all"
     )
+
+
+def test_a_worker_started_while_the_broker_is_down_waits_for_it_then_loses_nothing(
+    restartable_broker: str, unique_name: str, tmp_path: Path
+) -> None:
+    """The changelog topic's creation, the consumer's start and the first assignment wait
+    for the broker (up to EVTIME_KAFKA_BROKER_WAIT, past which the worker stops with an
+    error that names it)."""
+    kafka_bootstrap = restartable_broker
+    env = worker_env(unique_name, tmp_path)
+    records, per_partition = keyed_stream(20_000, seed=4, partitions=PARTITIONS)
+    expected, _late = reference_counts(per_partition, SIZE, OOO)
+    topic_in, topic_out = env["EVTIME_TEST_IN"], env["EVTIME_TEST_OUT"]
+    asyncio.run(
+        create_topics(
+            kafka_bootstrap, {topic_in: PARTITIONS, topic_out: 1, env["EVTIME_TEST_DLQ"]: 1}
+        )
+    )
+    asyncio.run(produce(kafka_bootstrap, topic_in, PARTITIONS, records))
+    log_path, impatient_log = tmp_path / "worker.log", tmp_path / "impatient.log"
+    proc: subprocess.Popen[bytes] | None = None
+    services.down(["kafka"])
+    try:
+        down = time.monotonic()
+        impatient = start_worker(
+            "window_job.py",
+            {**env, "EVTIME_KAFKA_BROKER_WAIT": "3", "EVTIME_INSTANCE_ID": "impatient"},
+            impatient_log,
+        )
+        assert impatient.wait(timeout=60) != 0
+        said = impatient_log.read_text(errors="replace")
+        assert "stayed unreachable" in said and "EVTIME_KAFKA_BROKER_WAIT" in said, said[-3000:]
+        proc = start_worker("window_job.py", env, log_path)
+        time.sleep(max(0.0, LONG_DOWN_S - (time.monotonic() - down)))
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+        assert "broker unreachable" in log_path.read_text(errors="replace")
+        services.restart(["kafka"])
+        out = asyncio.run(
+            consume_all(kafka_bootstrap, topic_out, expect=len(expected), timeout_s=120)
+        )
+    finally:
+        try:
+            _leave_broker_healthy()
+        finally:
+            code = _stop(proc) if proc is not None else 0
+    assert code == 0, log_path.read_text(errors="replace")[-3000:]
+    check_windows(decode_outputs(out), expected)
+    asyncio.run(_delete_topics(kafka_bootstrap, unique_name))
 
 
 def test_a_sink_first_written_while_the_broker_is_down_delivers_once_it_is_back(

@@ -1,0 +1,100 @@
+"""Waiting for an unreachable Kafka broker: retries with backoff, up to a deadline.
+
+A broker that goes away is waited for, never a reason to drop anything (DESIGN.md §8).
+What aiokafka does not retry by itself (starting a client, creating a topic, queuing a
+batch behind one that cannot be sent) is retried here, with exponential backoff, until
+the broker answers or ``EVTIME_KAFKA_BROKER_WAIT`` seconds (default 600) have passed;
+then :class:`BrokerUnreachableError` says what was being done and what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+
+from evtime.errors import ConfigError, EvtimeError
+
+log = logging.getLogger("evtime.kafka")
+_T = TypeVar("_T")
+BACKOFF_FIRST_S = 0.1
+BACKOFF_MAX_S = 5.0
+BROKER_WAIT_ENV = "EVTIME_KAFKA_BROKER_WAIT"
+DEFAULT_BROKER_WAIT_S = 600.0
+
+
+class BrokerUnreachableError(EvtimeError):
+    """The Kafka broker stayed unreachable longer than the configured wait."""
+
+
+def broker_wait_s() -> float:
+    """``EVTIME_KAFKA_BROKER_WAIT`` in seconds (``inf`` waits for ever), default 600."""
+    raw = os.environ.get(BROKER_WAIT_ENV)
+    if not raw:
+        return DEFAULT_BROKER_WAIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:  # also rejects NaN
+        raise ConfigError(
+            f"{BROKER_WAIT_ENV}={raw!r}: give the seconds to wait for an unreachable broker "
+            "(a positive number, or inf)"
+        )
+    return value
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the broker cannot be reached now" rather than "this is wrong".
+
+    Retriable aiokafka errors (connection refused or closed, node not ready, request
+    timed out, no leader yet) and KafkaTimeoutError (metadata not available in time).
+    """
+    return isinstance(exc, KafkaTimeoutError) or (
+        isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+    )
+
+
+async def while_unreachable(
+    what: str, attempt: Callable[[], Awaitable[_T]], wait_s: float | None = None
+) -> _T:
+    """``await attempt()`` until it succeeds, waiting with exponential backoff (0.1 s up
+    to 5 s) while the broker is unreachable, for at most ``wait_s`` seconds in all
+    (default :func:`broker_wait_s`). Any other error is raised at once.
+
+    Each failed attempt is logged; past the deadline, BrokerUnreachableError (with the
+    last error chained) tells what to check.
+    """
+    limit = broker_wait_s() if wait_s is None else wait_s
+    began = time.monotonic()
+    delay = BACKOFF_FIRST_S
+    while True:
+        try:
+            return await attempt()
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            waited = time.monotonic() - began
+            if waited + delay > limit:
+                raise BrokerUnreachableError(
+                    f"{what}: the Kafka broker stayed unreachable for {waited:.0f} s "
+                    f"({type(exc).__name__}: {exc}); check that it runs and that this machine "
+                    f"reaches it, or wait longer with {BROKER_WAIT_ENV} (now "
+                    f"{'inf' if math.isinf(limit) else f'{limit:.0f}'} s). Nothing after "
+                    "the last checkpoint is committed: a restart resumes there"
+                ) from exc
+            log.warning(
+                "%s: broker unreachable (%s: %s); retrying in %.1f s",
+                what,
+                type(exc).__name__,
+                exc,
+                delay,
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, BACKOFF_MAX_S)
