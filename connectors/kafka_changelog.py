@@ -23,7 +23,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from connectors.kafka_retry import while_unreachable
 from evtime.errors import ConfigError
 from evtime.records import ChangelogRecord
-from evtime.runtime.changelog import CHECKPOINT_HEADER
+from evtime.runtime.changelog import CHECKPOINT_HEADER, EPOCH_HEADER
 
 log = logging.getLogger("evtime.changelog")
 
@@ -142,9 +142,11 @@ class KafkaChangelog:
         self,
         batches: dict[int, tuple[Sequence[tuple[bytes, bytes | None]], dict[str, int] | None]],
         producer: object | None = None,
+        epochs: dict[int, str] | None = None,
     ) -> dict[int, int]:
-        """Append records per partition (with their checkpoint's offsets in a header) and
-        return each partition's end offset once everything is acknowledged.
+        """Append records per partition (with their checkpoint's offsets and the epoch of
+        the run that writes them in headers) and return each partition's end offset once
+        everything is acknowledged.
 
         With a task's transactional ``producer`` the records join its transaction."""
         if producer is None:
@@ -158,6 +160,9 @@ class KafkaChangelog:
             headers = (
                 [(CHECKPOINT_HEADER, orjson.dumps(checkpoint))] if checkpoint is not None else []
             )
+            epoch = epochs.get(partition) if epochs else None
+            if epoch is not None:
+                headers.append((EPOCH_HEADER, epoch.encode()))
             batch = producer.create_batch()
             count = 0
             for key, value in records:
@@ -191,14 +196,14 @@ class KafkaChangelog:
         )
 
     async def end_offsets(self, partitions: list[int]) -> dict[int, int]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(self.topic, p) for p in partitions]
-            ends = await consumer.end_offsets(tps)
-            return {tp.partition: off for tp, off in ends.items()}
-        finally:
-            await consumer.stop()
+        """The end offsets of ``partitions`` (what a restore would read up to), in one
+        request: a task whose changelog position is at the end has nothing to read."""
+        consumer = await self._ensure_reader()
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        ends = await while_unreachable(
+            f"reading the end offsets of {self.topic!r}", lambda: consumer.end_offsets(tps)
+        )
+        return {tp.partition: off for tp, off in ends.items()}
 
     async def _ensure_reader(self) -> AIOKafkaConsumer:
         # One reader for every restore of this worker: a consumer costs a connection
@@ -258,10 +263,16 @@ class KafkaChangelog:
                 for r in batches.get(tp, []):
                     if r.offset >= end:
                         break
-                    header = dict(r.headers or ()).get(CHECKPOINT_HEADER)
+                    headers = dict(r.headers or ())
+                    header = headers.get(CHECKPOINT_HEADER)
+                    epoch = headers.get(EPOCH_HEADER)
                     out.append(
                         ChangelogRecord(
-                            r.offset, r.key, r.value, orjson.loads(header) if header else None
+                            r.offset,
+                            r.key,
+                            r.value,
+                            orjson.loads(header) if header else None,
+                            epoch.decode() if epoch else None,
                         )
                     )
             return out

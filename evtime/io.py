@@ -140,7 +140,15 @@ class Changelog(Protocol):
         self,
         batches: dict[int, tuple[Sequence[tuple[bytes, bytes | None]], dict[str, int] | None]],
         producer: object | None = None,
-    ) -> dict[int, int]: ...
+        epochs: dict[int, str] | None = None,
+    ) -> dict[int, int]:
+        """Append records per partition (a checkpoint's offsets and the writing run's epoch
+        in headers); each partition's end offset once everything is acknowledged."""
+        ...
+
+    async def end_offsets(self, partitions: list[int]) -> dict[int, int]:
+        """Each partition's end offset (what :meth:`read` reads up to)."""
+        ...
 
     async def read(self, partition: int, start: int) -> list[ChangelogRecord]: ...
 

@@ -299,3 +299,5 @@ class ChangelogRecord:
     value: bytes | None
     checkpoint: dict[str, int] | None
     """The input offsets of the checkpoint the record belongs to (None for markers)."""
+    epoch: str | None = None
+    """The run of the task that wrote the record (None for markers and older records)."""

@@ -13,6 +13,12 @@ offsets the *next* epoch resumed from (for the last epoch: within the
 group's committed offsets). Checkpoints beyond that were written by a run
 that crashed before committing them: the next run reprocessed that input, so
 applying them would count it twice.
+
+Every state and META record also names its epoch (a header). A record of
+another epoch than the marker before it was appended late by a previous owner
+that had lost the partition without knowing it (a zombie, e.g. stuck in a
+sink beyond the group's rebalance timeout): it is skipped, whatever its
+offsets, so it cannot overwrite the new owner's state.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ SEP = b"\x00"
 META_KEY = SEP + b"meta"
 MARKER_PREFIX = SEP + b"epoch:"
 CHECKPOINT_HEADER = "evtime-ckpt"
+EPOCH_HEADER = "evtime-epoch"
 
 
 def state_record(change: Change) -> tuple[bytes, bytes | None]:
@@ -68,6 +75,7 @@ def plan_restore(records: Iterable[ChangelogRecord], committed: dict[str, int]) 
     """
     plan = RestorePlan()
     segment: list[ChangelogRecord] = []
+    epoch: str | None = None  # of the last marker read (unknown before the first one)
 
     def close_segment(bound: dict[str, int]) -> None:
         for rec in segment:
@@ -89,6 +97,9 @@ def plan_restore(records: Iterable[ChangelogRecord], committed: dict[str, int]) 
         if rec.key.startswith(MARKER_PREFIX):
             start = orjson.loads(rec.value)["start"] if rec.value else {}
             close_segment(start)
+            epoch = rec.key[len(MARKER_PREFIX) :].decode()
+        elif epoch is not None and rec.epoch is not None and rec.epoch != epoch:
+            plan.skipped += 1  # a zombie's late checkpoint (see the module docstring)
         else:
             segment.append(rec)
     close_segment(committed)

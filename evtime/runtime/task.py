@@ -119,6 +119,8 @@ class PartitionTask:
         self.offsets: dict[str, int] = {t: 0 for t in group}
         self.records_in = 0
         self.checkpoints = 0
+        # The run of this task (named by its changelog epoch marker), set by the worker.
+        self.epoch: str | None = None
         self._restore()
 
     def _restore(self) -> None:

@@ -362,8 +362,11 @@ class Worker:
             await self._commit_transactions(prepared, appends)
         else:
             ends: dict[tuple[str, ...], dict[int, int]] = {}
+            epochs = {(t.group, t.partition): t.epoch for t in tasks if t.epoch is not None}
             for group, batches in appends.items():
-                ends[group] = await self._changelogs[group].append(batches)
+                ends[group] = await self._changelogs[group].append(
+                    batches, epochs={p: e for (g, p), e in epochs.items() if g == group}
+                )
             offsets: dict[TopicPartition, int] = {}
             for task, prep, meta in prepared:
                 meta["changelog_end"] = ends[task.group][task.partition]
@@ -388,7 +391,9 @@ class Worker:
             txn = self._txns[tid]
             batch = appends[task.group][task.partition]
             ends = await self._changelogs[task.group].append(
-                {task.partition: batch}, producer=txn.producer
+                {task.partition: batch},
+                producer=txn.producer,
+                epochs={task.partition: task.epoch} if task.epoch is not None else None,
             )
             await txn.commit(_next_offsets(task), self._source.group_id)
             meta["changelog_end"] = ends[task.partition]
@@ -450,18 +455,37 @@ class Worker:
             self._drop_held(partitions)  # each partition is sought to its task's offset
             committed = await self._source.committed(partitions)
             starts: dict[TopicPartition, int] = {}
-            opened: set[TaskId] = set()
+            markers: dict[tuple[str, ...], dict[int, Any]] = {}
+            new: dict[tuple[str, ...], set[int]] = {}
+            for topic, partition in partitions:
+                if (self._group_of[topic], partition) not in self.tasks:
+                    new.setdefault(self._group_of[topic], set()).add(partition)
+            # Where each new task's changelog ends, in one request per changelog.
+            ends = {
+                group: await self._changelogs[group].end_offsets(sorted(parts))
+                for group, parts in new.items()
+            }
             for topic, partition in partitions:
                 tid = (self._group_of[topic], partition)
-                if tid not in self.tasks and tid not in opened:
+                if tid not in self.tasks:
                     group_offsets = {t: committed.get((t, partition), 0) for t in tid[0]}
-                    self.tasks[tid] = await self._open_task(tid, group_offsets)
-                    opened.add(tid)
+                    end = ends[tid[0]].get(partition)
+                    task = self.tasks[tid] = await self._open_task(tid, group_offsets, end)
+                    task.epoch = uuid.uuid4().hex
+                    marker = marker_record(task.epoch, dict(task.offsets))
+                    markers.setdefault(tid[0], {})[partition] = ([marker], None)
                 starts[(topic, partition)] = self.tasks[tid].offsets[topic]
+            # The epoch markers of every opened task of a changelog, in one append.
+            for group, batches in markers.items():
+                await self._changelogs[group].append(batches)
             log.info("assigned %s", sorted(partitions))
             return starts
 
-    async def _open_task(self, tid: TaskId, committed: dict[str, int]) -> PartitionTask:
+    async def _open_task(
+        self, tid: TaskId, committed: dict[str, int], end: int | None = None
+    ) -> PartitionTask:
+        """Open a task and restore what its database lacks from the changelog (``end``:
+        the changelog partition's end offset, if known: nothing to read at the end)."""
         group, partition = tid
         changelog = self._changelogs[group]
         task = PartitionTask(self.plan, group, partition, self.clock)
@@ -469,7 +493,9 @@ class Worker:
         if not task.restored or behind:
             start = int(task.db.get_meta("changelog_end") or 0) if task.restored else 0
             started = time.monotonic()
-            records = await changelog.read(partition, start)
+            records = [] if end is not None and start >= end else await changelog.read(
+                partition, start
+            )
             plan = plan_restore(records, committed)
             meta: dict[str, Any] = {}
             if plan.offsets is not None:
@@ -477,9 +503,10 @@ class Worker:
                 meta["watermarks"] = plan.watermarks
             if records:
                 meta["changelog_end"] = records[-1].offset + 1
-            task.db.write_changes(plan.changes, meta)
-            task.close()
-            task = PartitionTask(self.plan, group, partition, self.clock)
+                task.db.write_changes(plan.changes, meta)
+                # Reopened: the operators read their state (and what is persisted) at open.
+                task.close()
+                task = PartitionTask(self.plan, group, partition, self.clock)
             self.restored_records += plan.applied
             took = time.monotonic() - started
             log.info(
@@ -502,8 +529,6 @@ class Worker:
                 task.offsets,
                 committed,
             )
-        marker = marker_record(uuid.uuid4().hex, dict(task.offsets))
-        await changelog.append({partition: ([marker], None)})
         return task
 
 
