@@ -38,7 +38,10 @@ async def produce(bootstrap: str, topic: str, n: int, keys: int, partitions: int
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
+        # The output topic too: a topic created on first use costs a metadata wait.
+        await admin.create_topics(
+            [NewTopic(topic, partitions, 1), NewTopic(f"{topic}-out", partitions, 1)]
+        )
     finally:
         await admin.close()
     rng = random.Random(11)
