@@ -461,7 +461,14 @@ def _our_pid(service: _Service) -> int | None:
     return pid
 
 
-def _check_ports_free(service: _Service) -> None:
+def _check_ports_free(service: _Service, grace_s: float = 10.0) -> None:
+    """Fail unless the service's ports are free, allowing ``grace_s`` for a process that
+    has just stopped to release them."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(
+        process.port_taken(port) for port in service.ports().values()
+    ):
+        time.sleep(0.2)
     for role, port in service.ports().items():
         if process.port_taken(port):
             env = _PORT_ENV[(service.name, role)]
@@ -541,7 +548,7 @@ async def _up_one(service: _Service, java: str, maven: asyncio.Lock) -> None:
         print(f"{service.name}: ready at {service.address} (pid {pid})")
         return
     _pid_file(service).unlink(missing_ok=True)  # stale: that process is gone or not ours
-    _check_ports_free(service)
+    await asyncio.to_thread(_check_ports_free, service)
     async with maven:
         await asyncio.to_thread(service.resolve)
     command = await asyncio.to_thread(service.configure, java)
@@ -566,7 +573,7 @@ async def _restart_one(service: _Service, java: str, maven: asyncio.Lock) -> Non
     else:
         print(f"{service.name}: not running; starting it on its kept data", flush=True)
     _pid_file(service).unlink(missing_ok=True)
-    _check_ports_free(service)
+    await asyncio.to_thread(_check_ports_free, service)
     async with maven:
         await asyncio.to_thread(service.resolve)  # a no-op once the jars are cached
     # The log is appended to: what the service said before the restart stays readable.

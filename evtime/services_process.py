@@ -25,7 +25,22 @@ def is_alive(pid: int) -> bool:
         return False
     except OSError:
         return _signal_alive(pid)  # no /proc on this system
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")  # zombies are gone
+    if stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X"):
+        return True
+    # A zombie leader: the process is gone only once every thread is. A JVM's first thread
+    # may exit while its other threads still shut down, holding the listening ports.
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in threads:
+        try:
+            state = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
 
 
 def _signal_alive(pid: int) -> bool:
