@@ -19,6 +19,7 @@ connectors/kafka_retry.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -39,7 +40,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 
 from connectors.kafka_changelog import KafkaChangelog, partition_counts
-from connectors.kafka_retry import while_unreachable
+from connectors.kafka_retry import unreachable, while_unreachable
 from evtime.errors import ConfigError, EvtimeError
 from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP
@@ -382,7 +383,9 @@ class KafkaSink:
         }
         self._settings.update(producer_config or {})
         self._producer: AIOKafkaProducer | None = None
-        self._pending: list[asyncio.Future[Any]] = []
+        # Batches produced and not yet acknowledged: (partition, future, their records),
+        # kept so that a batch the producer gave up on can be sent again.
+        self._pending: list[tuple[int, asyncio.Future[Any], list[_Rec]]] = []
         self._partition_count: int | None = None
         self._key_partition: dict[bytes, int] = {}
         self._round_robin = 0
@@ -451,10 +454,12 @@ class KafkaSink:
             producer = await self._ensure()
         count = await self._partitions(producer)
         batches: dict[int, Any] = {}
+        kept: dict[int, list[_Rec]] = {}  # each open batch's records (own producer only)
         cache = self._key_partition
         if len(cache) > 100_000:
             cache.clear()
-        for key, value, ts, headers in records:
+        for rec in records:
+            key, value, ts, headers = rec
             if key is None:
                 partition = self._round_robin % count
                 self._round_robin += 1
@@ -467,16 +472,20 @@ class KafkaSink:
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = producer.create_batch()
+                kept[partition] = []
             if batch.append(timestamp=ts, key=key, value=value, headers=headers) is None:
                 fut = await self._send_batch(producer, batch, partition)
                 if own:
-                    self._pending.append(fut)
+                    self._pending.append((partition, fut, kept[partition]))
                 batch = batches[partition] = producer.create_batch()
+                kept[partition] = []
                 batch.append(timestamp=ts, key=key, value=value, headers=headers)
+            if own:
+                kept[partition].append(rec)
         for partition, batch in batches.items():
             fut = await self._send_batch(producer, batch, partition)
             if own:
-                self._pending.append(fut)
+                self._pending.append((partition, fut, kept[partition]))
 
     async def _send_batch(self, producer: AIOKafkaProducer, batch: Any, partition: int) -> Any:
         # aiokafka queues a partition's batch only once the previous one is drained: while
@@ -488,15 +497,49 @@ class KafkaSink:
         )
 
     async def flush(self) -> None:
+        """Wait until every record written so far is acknowledged.
+
+        A batch the producer gave up on while the broker was unreachable (its delivery
+        timed out, its partition had no leader) is sent again by a new producer, with
+        every later batch of its partition, in order: outputs may repeat (identically,
+        at least once) but none is lost and none overtakes a later one of its key."""
         if self._producer is None:
             return
-        await self._producer.flush()
+        await while_unreachable(f"delivering to {self.topic!r}", self._flush_once)
+
+    async def _flush_once(self) -> None:
+        producer = await self._ensure()
+        await producer.flush()
         pending, self._pending = self._pending, []
-        for fut in pending:
-            try:
-                await fut
-            except KafkaError as exc:
-                raise KafkaError(f"delivery to {self.topic!r} failed: {exc}") from exc
+        results = await asyncio.gather(*(fut for _, fut, _ in pending), return_exceptions=True)
+        failed_from: dict[int, int] = {}  # partition: its first failed batch
+        first: BaseException | None = None
+        for n, ((partition, _, _), result) in enumerate(zip(pending, results, strict=True)):
+            if isinstance(result, BaseException):
+                if not unreachable(result):
+                    raise KafkaError(f"delivery to {self.topic!r} failed: {result}") from result
+                first = first or result
+                failed_from.setdefault(partition, n)
+        if first is None:
+            return
+        again = [
+            rec
+            for n, (partition, _, recs) in enumerate(pending)
+            if n >= failed_from.get(partition, len(pending))
+            for rec in recs
+        ]
+        log.warning(
+            "delivery to %r failed (%s): sending %d records again with a new producer",
+            self.topic,
+            first,
+            len(again),
+        )
+        old, self._producer = self._producer, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), timeout=10)
+        await self._send(again)
+        raise first  # waited for (with backoff), then the new batches are awaited
 
     async def close(self) -> None:
         if self._producer is not None:

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from connectors.kafka_retry import while_unreachable
+from connectors.kafka_retry import unreachable, while_unreachable
 from evtime.errors import ConfigError
 from evtime.records import ChangelogRecord
 from evtime.runtime.changelog import CHECKPOINT_HEADER, EPOCH_HEADER
@@ -148,11 +148,39 @@ class KafkaChangelog:
         the run that writes them in headers) and return each partition's end offset once
         everything is acknowledged.
 
-        With a task's transactional ``producer`` the records join its transaction."""
-        if producer is None:
-            producer = await self._ensure_producer()
-        if not isinstance(producer, AIOKafkaProducer):
-            raise ConfigError("append needs an aiokafka producer")
+        With a task's transactional ``producer`` the records join its transaction (whose
+        commit fails if any did not land). With the changelog's own producer, an append
+        that the producer gave up on while the broker was unreachable (a batch's delivery
+        timed out, its partition had no leader) is made again, whole, by a new producer:
+        records may repeat in the log, which restores the same state from them."""
+        if producer is not None:
+            if not isinstance(producer, AIOKafkaProducer):
+                raise ConfigError("append needs an aiokafka producer")
+            return await self._append_with(producer, batches, epochs)
+
+        async def attempt() -> dict[int, int]:
+            own = await self._ensure_producer()
+            try:
+                return await self._append_with(own, batches, epochs)
+            except Exception as exc:
+                if unreachable(exc):
+                    await self._drop_producer(own)  # its sequence numbers are spent
+                raise
+
+        return await while_unreachable(f"appending to {self.topic!r}", attempt)
+
+    async def _drop_producer(self, producer: AIOKafkaProducer) -> None:
+        if self._producer is producer:
+            self._producer = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), timeout=10)
+
+    async def _append_with(
+        self,
+        producer: AIOKafkaProducer,
+        batches: dict[int, tuple[Sequence[tuple[bytes, bytes | None]], dict[str, int] | None]],
+        epochs: dict[int, str] | None,
+    ) -> dict[int, int]:
         # Per partition: the future of its last batch and that batch's record count.
         last: dict[int, tuple[Any, int]] = {}
         sent: list[Any] = []
@@ -178,8 +206,10 @@ class KafkaChangelog:
                 fut = await self._send_batch(producer, batch, partition)
                 last[partition] = (fut, count)
                 sent.append(fut)
-        for fut in sent:
-            await fut  # every batch acknowledged (raises on a failed delivery)
+        # Every batch acknowledged; every future retrieved, then the first failure raised.
+        for result in await asyncio.gather(*sent, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
         ends: dict[int, int] = {}
         for partition, (fut, count) in last.items():
             meta = await fut  # the batch's base offset, once acknowledged
