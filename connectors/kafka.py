@@ -40,7 +40,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 
 from connectors.kafka_changelog import KafkaChangelog, partition_counts
-from connectors.kafka_retry import unreachable, while_unreachable
+from connectors.kafka_retry import started, unreachable, while_unreachable
 from evtime.errors import ConfigError, EvtimeError
 from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP
@@ -255,13 +255,7 @@ class KafkaGroupSource:
         self._consumer = consumer
 
     async def _start_consumer(self) -> AIOKafkaConsumer:
-        consumer = AIOKafkaConsumer(**self._settings)
-        try:
-            await consumer.start()
-        except BaseException:
-            await consumer.stop()  # a failed start leaves a client and its tasks behind
-            raise
-        return consumer
+        return await started(AIOKafkaConsumer(**self._settings))
 
     async def _revoked(self, revoked: list[TopicPartition]) -> None:
         if self._on_revoked is not None and revoked:
@@ -401,13 +395,7 @@ class KafkaSink:
         return self._producer
 
     async def _start_producer(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(**self._settings)
-        try:
-            await producer.start()
-        except BaseException:
-            await producer.stop()  # a failed start leaves a client and its tasks behind
-            raise
-        return producer
+        return await started(AIOKafkaProducer(**self._settings))
 
     async def _partitions(self, producer: AIOKafkaProducer) -> int:
         if self._partition_count is None:

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from connectors.kafka_retry import unreachable, while_unreachable
+from connectors.kafka_retry import started, unreachable, while_unreachable
 from evtime.errors import ConfigError
 from evtime.records import ChangelogRecord
 from evtime.runtime.changelog import CHECKPOINT_HEADER, EPOCH_HEADER
@@ -124,19 +124,15 @@ class KafkaChangelog:
         return self._producer
 
     async def _start_producer(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            max_batch_size=512 * 1024,
+        return await started(
+            AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=5,
+                max_batch_size=512 * 1024,
+            )
         )
-        try:
-            await producer.start()
-        except BaseException:
-            await producer.stop()  # a failed start leaves a client and its tasks behind
-            raise
-        return producer
 
     async def append(
         self,
@@ -253,12 +249,7 @@ class KafkaChangelog:
             isolation_level="read_committed",
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
-        try:
-            await reader.start()
-        except BaseException:
-            await reader.stop()
-            raise
-        return reader
+        return await started(reader)
 
     async def read(self, partition: int, start: int) -> list[ChangelogRecord]:
         """Every record of ``partition`` from offset ``start`` to the current end, with the

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
@@ -23,6 +23,24 @@ from evtime.errors import ConfigError, EvtimeError
 
 log = logging.getLogger("evtime.kafka")
 _T = TypeVar("_T")
+_C = TypeVar("_C", bound="_Client")
+
+
+class _Client(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def started(client: _C) -> _C:
+    """``client`` (an aiokafka consumer or producer), started; if its start fails it is
+    stopped before the error is raised: a failed start leaves a client and its tasks behind."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
+    return client
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
 BROKER_WAIT_ENV = "EVTIME_KAFKA_BROKER_WAIT"
