@@ -40,7 +40,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 
 from connectors.kafka_changelog import KafkaChangelog, partition_counts
-from connectors.kafka_retry import started, unreachable, while_unreachable
+from connectors.kafka_retry import given_up, started, while_unreachable
 from evtime.errors import ConfigError, EvtimeError
 from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP
@@ -493,7 +493,9 @@ class KafkaSink:
         at least once) but none is lost and none overtakes a later one of its key."""
         if self._producer is None:
             return
-        await while_unreachable(f"delivering to {self.topic!r}", self._flush_once)
+        await while_unreachable(
+            f"delivering to {self.topic!r}", self._flush_once, retry_if=given_up
+        )
 
     async def _flush_once(self) -> None:
         producer = await self._ensure()
@@ -504,7 +506,7 @@ class KafkaSink:
         first: BaseException | None = None
         for n, ((partition, _, _), result) in enumerate(zip(pending, results, strict=True)):
             if isinstance(result, BaseException):
-                if not unreachable(result):
+                if not given_up(result):
                     raise KafkaError(f"delivery to {self.topic!r} failed: {result}") from result
                 first = first or result
                 failed_from.setdefault(partition, n)

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from connectors.kafka_retry import started, unreachable, while_unreachable
+from connectors.kafka_retry import given_up, started, while_unreachable
 from evtime.errors import ConfigError
 from evtime.records import ChangelogRecord
 from evtime.runtime.changelog import CHECKPOINT_HEADER, EPOCH_HEADER
@@ -159,11 +159,11 @@ class KafkaChangelog:
             try:
                 return await self._append_with(own, batches, epochs)
             except Exception as exc:
-                if unreachable(exc):
+                if given_up(exc):
                     await self._drop_producer(own)  # its sequence numbers are spent
                 raise
 
-        return await while_unreachable(f"appending to {self.topic!r}", attempt)
+        return await while_unreachable(f"appending to {self.topic!r}", attempt, retry_if=given_up)
 
     async def _drop_producer(self, producer: AIOKafkaProducer) -> None:
         if self._producer is producer:

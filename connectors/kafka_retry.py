@@ -17,7 +17,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+)
 
 from evtime.errors import ConfigError, EvtimeError
 
@@ -79,12 +84,24 @@ def unreachable(exc: BaseException) -> bool:
     )
 
 
+def given_up(exc: BaseException) -> bool:
+    """Whether a produced batch failed because the broker was away: :func:`unreachable`
+    (its delivery timed out, its partition had no leader), or refused for a gap in the
+    idempotent producer's sequence that an earlier given-up batch left. Sent again by a
+    new producer, in order, it lands."""
+    return unreachable(exc) or isinstance(exc, OutOfOrderSequenceNumber | UnknownProducerId)
+
+
 async def while_unreachable(
-    what: str, attempt: Callable[[], Awaitable[_T]], wait_s: float | None = None
+    what: str,
+    attempt: Callable[[], Awaitable[_T]],
+    wait_s: float | None = None,
+    retry_if: Callable[[BaseException], bool] = unreachable,
 ) -> _T:
     """``await attempt()`` until it succeeds, waiting with exponential backoff (0.1 s up
     to 5 s) while the broker is unreachable, for at most ``wait_s`` seconds in all
-    (default :func:`broker_wait_s`). Any other error is raised at once.
+    (default :func:`broker_wait_s`). Any other error (any for which ``retry_if`` is
+    false) is raised at once.
 
     Each failed attempt is logged; past the deadline, BrokerUnreachableError (with the
     last error chained) tells what to check.
@@ -96,7 +113,7 @@ async def while_unreachable(
         try:
             return await attempt()
         except Exception as exc:
-            if not unreachable(exc):
+            if not retry_if(exc):
                 raise
             waited = time.monotonic() - began
             if waited + delay > limit:

@@ -7,7 +7,12 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError, LeaderNotAvailableError, RecordTooLargeError
+from aiokafka.errors import (
+    KafkaTimeoutError,
+    LeaderNotAvailableError,
+    OutOfOrderSequenceNumber,
+    RecordTooLargeError,
+)
 
 from connectors.kafka import KafkaSink
 from evtime.records import Output
@@ -87,6 +92,18 @@ async def test_a_batch_given_up_on_goes_again_with_the_later_ones_of_its_partiti
     assert first.stopped
 
 
+async def test_a_sequence_gap_left_by_a_given_up_batch_is_sent_again_too() -> None:
+    """The idempotent producer refuses the batch after a given-up one (a gap in its
+    sequence numbers): that one goes again as well, with a new producer."""
+    first = _Producer({0: LeaderNotAvailableError(), 2: OutOfOrderSequenceNumber()})
+    second = _Producer({})
+    sink = _sink([first, second])
+    await sink.write(_outputs(8))
+    await sink.flush()
+    assert first.sent[0][0] == first.sent[2][0]  # both of one partition, in order
+    assert second.sent == [b for b in first.sent if b[0] == first.sent[0][0]]
+
+
 async def test_a_batch_that_cannot_go_is_an_error_not_retried() -> None:
     sink = _sink([_Producer({1: RecordTooLargeError()}), _Producer({})])
     await sink.write(_outputs(8))
@@ -132,7 +149,10 @@ async def test_a_changelog_append_given_up_on_is_made_again_whole() -> None:
     from connectors.kafka_changelog import KafkaChangelog
 
     logs: dict[int, list[bytes]] = {}
-    producers = [_LogProducer({1: LeaderNotAvailableError()}, logs), _LogProducer({}, logs)]
+    producers = [
+        _LogProducer({1: LeaderNotAvailableError(), 2: OutOfOrderSequenceNumber()}, logs),
+        _LogProducer({}, logs),
+    ]
     changelog = KafkaChangelog("127.0.0.1:1", "app-t-changelog")
 
     async def start() -> Any:
