@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +41,8 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 
 from connectors.kafka_changelog import KafkaChangelog, partition_counts
-from connectors.kafka_retry import given_up, started, while_unreachable
-from evtime.errors import ConfigError, EvtimeError
+from connectors.kafka_retry import given_up, producer_overrides, started, while_unreachable
+from evtime.errors import ConfigError, EvtimeError, TransactionFailedError
 from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP
 from evtime.records import DeadLetter, Output, RawRecord
@@ -122,6 +123,14 @@ def _retry_closed_connections_in_coordinator_lookups(producer: AIOKafkaProducer)
     client.coordinator_lookup = coordinator_lookup
 
 
+# The futures of the batches each transactional producer sent in its open transaction:
+# aiokafka commits a transaction even when some of its batches were given up on (a broker
+# outage longer than the delivery timeout), so the commit checks them first.
+_TRANSACTION_BATCHES: weakref.WeakKeyDictionary[AIOKafkaProducer, list[asyncio.Future[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class KafkaTransaction:
     """One task's transactional producer.
 
@@ -148,6 +157,7 @@ class KafkaTransaction:
             # broker outage (a checkpoint waits for the broker), within the broker's
             # transaction.max.timeout.ms (15 min by default).
             transaction_timeout_ms=600_000,
+            **producer_overrides(),
         )
         _retry_closed_connections_in_coordinator_lookups(producer)
         return producer
@@ -157,6 +167,7 @@ class KafkaTransaction:
         return self._producer
 
     async def begin(self) -> None:
+        _TRANSACTION_BATCHES.pop(self._producer, None)
         if not self._started:
             # Starting fences the task's previous producer: it needs the broker (and the
             # transaction coordinator), which may be away during a rebalance.
@@ -175,6 +186,15 @@ class KafkaTransaction:
             raise
 
     async def commit(self, offsets: dict[TP, int], group_id: str) -> None:
+        """Commit the transaction with ``offsets`` as the group's; TransactionFailedError
+        (nothing committed) if any record sent in it was not delivered."""
+        sent = _TRANSACTION_BATCHES.pop(self._producer, [])
+        for result in await asyncio.gather(*sent, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise TransactionFailedError(
+                    f"transaction of {self.transactional_id!r}: a batch was not delivered "
+                    f"({type(result).__name__}: {result}); it is not committed"
+                ) from result
         if offsets:
             await self._producer.send_offsets_to_transaction(
                 {TopicPartition(t, p): o for (t, p), o in offsets.items()}, group_id
@@ -333,6 +353,13 @@ class KafkaGroupSource:
     def paused(self) -> set[TP]:
         return {(tp.topic, tp.partition) for tp in self.consumer.paused()}
 
+    def seek(self, offsets: dict[TP, int]) -> None:
+        assigned = self.consumer.assignment()
+        for (topic, partition), offset in offsets.items():
+            tp = TopicPartition(topic, partition)
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+
     def _now_assigned(self, partitions: Iterable[TP]) -> list[TopicPartition]:
         # aiokafka raises for a partition that is not (or no longer) assigned.
         assigned = self.consumer.assignment()
@@ -374,6 +401,7 @@ class KafkaSink:
             "acks": "all",
             "linger_ms": 5,
             "max_batch_size": 256 * 1024,
+            **producer_overrides(),
         }
         self._settings.update(producer_config or {})
         self._producer: AIOKafkaProducer | None = None
@@ -465,6 +493,8 @@ class KafkaSink:
                 fut = await self._send_batch(producer, batch, partition)
                 if own:
                     self._pending.append((partition, fut, kept[partition]))
+                else:
+                    _TRANSACTION_BATCHES.setdefault(producer, []).append(fut)
                 batch = batches[partition] = producer.create_batch()
                 kept[partition] = []
                 batch.append(timestamp=ts, key=key, value=value, headers=headers)
@@ -474,6 +504,8 @@ class KafkaSink:
             fut = await self._send_batch(producer, batch, partition)
             if own:
                 self._pending.append((partition, fut, kept[partition]))
+            else:
+                _TRANSACTION_BATCHES.setdefault(producer, []).append(fut)
 
     async def _send_batch(self, producer: AIOKafkaProducer, batch: Any, partition: int) -> Any:
         # aiokafka queues a partition's batch only once the previous one is drained: while

@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from connectors.kafka_retry import given_up, started, while_unreachable
-from evtime.errors import ConfigError
+from connectors.kafka_retry import given_up, producer_overrides, started, while_unreachable
+from evtime.errors import ConfigError, TransactionFailedError
 from evtime.records import ChangelogRecord
 from evtime.runtime.changelog import CHECKPOINT_HEADER, EPOCH_HEADER
 
@@ -131,6 +131,7 @@ class KafkaChangelog:
                 acks="all",
                 linger_ms=5,
                 max_batch_size=512 * 1024,
+                **producer_overrides(),
             )
         )
 
@@ -152,7 +153,15 @@ class KafkaChangelog:
         if producer is not None:
             if not isinstance(producer, AIOKafkaProducer):
                 raise ConfigError("append needs an aiokafka producer")
-            return await self._append_with(producer, batches, epochs)
+            try:
+                return await self._append_with(producer, batches, epochs)
+            except Exception as exc:
+                if given_up(exc):
+                    raise TransactionFailedError(
+                        f"appending to {self.topic!r} in a transaction: a batch was not "
+                        f"delivered ({type(exc).__name__}: {exc})"
+                    ) from exc
+                raise
 
         async def attempt() -> dict[int, int]:
             own = await self._ensure_producer()

@@ -56,6 +56,21 @@ class BrokerUnreachableError(EvtimeError):
     """The Kafka broker stayed unreachable longer than the configured wait."""
 
 
+REQUEST_TIMEOUT_ENV = "EVTIME_KAFKA_REQUEST_TIMEOUT_MS"
+
+
+def producer_overrides() -> dict[str, int]:
+    """Settings every producer of the worker takes from the environment:
+    ``EVTIME_KAFKA_REQUEST_TIMEOUT_MS`` (aiokafka's ``request_timeout_ms``, 40 s by
+    default), after which a batch that found no leader is given up on (and sent again)."""
+    raw = os.environ.get(REQUEST_TIMEOUT_ENV)
+    if not raw:
+        return {}
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ConfigError(f"{REQUEST_TIMEOUT_ENV}={raw!r}: give a positive number of ms")
+    return {"request_timeout_ms": int(raw)}
+
+
 def broker_wait_s() -> float:
     """``EVTIME_KAFKA_BROKER_WAIT`` in seconds (``inf`` waits for ever), default 600."""
     raw = os.environ.get(BROKER_WAIT_ENV)

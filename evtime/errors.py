@@ -45,3 +45,8 @@ class DeadLetterPolicyError(EvtimeError):
 class SinkError(EvtimeError):
     """A sink could not deliver its outputs (after its retries, or for a reason retrying
     cannot fix): what was not acknowledged is replayed from the last checkpoint."""
+
+
+class TransactionFailedError(EvtimeError):
+    """Records of a task's transaction were not delivered (exactly-once): the transaction
+    must not commit; the task goes back to its last checkpoint and redoes the interval."""

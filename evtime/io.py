@@ -100,6 +100,10 @@ class GroupSource(Protocol):
 
     def paused(self) -> set[TopicPartition]: ...
 
+    def seek(self, offsets: dict[TopicPartition, int]) -> None:
+        """Fetch ``offsets``' partitions (those assigned now) from these offsets next."""
+        ...
+
     async def stop(self) -> None: ...
 
 

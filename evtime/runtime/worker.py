@@ -16,6 +16,7 @@ most one fetched while paused is held back: memory is bounded at any input rate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from evtime.errors import ConfigError
+from evtime.errors import ConfigError, TransactionFailedError
 from evtime.io import (
     Changelog,
     GroupSource,
@@ -390,16 +391,54 @@ class Worker:
             tid = (task.group, task.partition)
             txn = self._txns[tid]
             batch = appends[task.group][task.partition]
-            ends = await self._changelogs[task.group].append(
-                {task.partition: batch},
-                producer=txn.producer,
-                epochs={task.partition: task.epoch} if task.epoch is not None else None,
-            )
-            await txn.commit(_next_offsets(task), self._source.group_id)
+            try:
+                ends = await self._changelogs[task.group].append(
+                    {task.partition: batch},
+                    producer=txn.producer,
+                    epochs={task.partition: task.epoch} if task.epoch is not None else None,
+                )
+                await txn.commit(_next_offsets(task), self._source.group_id)
+            except TransactionFailedError as exc:
+                await self._redo_interval(task, exc)
+                continue
             meta["changelog_end"] = ends[task.partition]
             task.db.apply(prep, meta)
             task.checkpoints += 1
             await txn.begin()
+
+    async def _redo_interval(self, task: PartitionTask, exc: Exception) -> None:
+        """Exactly-once, a transaction that cannot commit (some of its records were not
+        delivered: a broker outage longer than the delivery timeout): it is aborted (a new
+        transactional producer fences the old one), the task goes back to its last
+        checkpoint (its database is written only after a commit) and its partitions are
+        fetched again from there. Nothing of the interval was visible to read_committed
+        consumers; it is processed again."""
+        if self._source is None:
+            return
+        tid = (task.group, task.partition)
+        log.warning(
+            "%s[%d]: %s; aborting the transaction and processing again from the last "
+            "checkpoint %s",
+            group_name(task.group),
+            task.partition,
+            exc,
+            task.db.get_meta("offsets"),
+        )
+        old = self._txns.pop(tid)
+        with contextlib.suppress(Exception):
+            await old.close()
+        epoch = task.epoch
+        task.close()
+        fresh = self.tasks[tid] = PartitionTask(self.plan, task.group, task.partition, self.clock)
+        fresh.epoch = epoch  # the same run: no other owner came in between
+        txn = self._factory.transaction(
+            f"{self.plan.app_name}-{group_name(task.group)}-{task.partition}"
+        )
+        await txn.begin()
+        self._txns[tid] = txn
+        partitions = [(topic, task.partition) for topic in task.group]
+        self._drop_held(partitions)
+        self._source.seek({tp: fresh.offsets[tp[0]] for tp in partitions})
 
     # -- rebalance -------------------------------------------------------------------
     async def _on_revoked(self, partitions: list[TopicPartition]) -> None:

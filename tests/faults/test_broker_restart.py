@@ -124,10 +124,34 @@ def test_a_broker_outage_longer_than_the_request_timeouts_the_worker_survives(
     _restart_mid_run(restartable_broker, unique_name, tmp_path, processing, LONG_DOWN_S)
 
 
-def _restart_mid_run(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path, processing: str, down_s: float
+@pytest.mark.parametrize("processing", ["at_least_once", "exactly_once"])
+def test_batches_given_up_on_in_an_outage_are_sent_again_or_their_interval_redone(
+    restartable_broker: str, unique_name: str, tmp_path: Path, processing: str
 ) -> None:
-    env = worker_env(unique_name, tmp_path)
+    """Producers that give up on a batch after 2 s (EVTIME_KAFKA_REQUEST_TIMEOUT_MS) and a
+    12 s outage: at_least_once sends the given-up batches again (with the later ones of
+    their partitions); exactly_once aborts the task's transaction and processes the
+    interval again from the last checkpoint. Either way the output equals the reference."""
+    log = _restart_mid_run(
+        restartable_broker,
+        unique_name,
+        tmp_path,
+        processing,
+        12.0,
+        {"EVTIME_KAFKA_REQUEST_TIMEOUT_MS": "2000"},
+    )
+    print("given up and redone:", [line for line in log.splitlines() if "again" in line][:3])
+
+
+def _restart_mid_run(
+    kafka_bootstrap: str,
+    unique_name: str,
+    tmp_path: Path,
+    processing: str,
+    down_s: float,
+    extra_env: dict[str, str] | None = None,
+) -> str:
+    env = {**worker_env(unique_name, tmp_path), **(extra_env or {})}
     env["EVTIME_TEST_CHECKPOINT"] = "300ms"  # checkpoints (flush + commit) during the outage
     env["EVTIME_TEST_PROCESSING"] = processing
     isolation = "read_committed" if processing == "exactly_once" else "read_uncommitted"
@@ -191,6 +215,7 @@ def _restart_mid_run(
         f"{back - stopped:.1f} s (stop + {down_s:.0f} s + restart), all windows out "
         f"{done - back:.1f} s after it was back, {done - started:.1f} s in all"
     )
+    return log_path.read_text(errors="replace")
 
 
 def test_a_worker_started_while_the_broker_is_down_waits_for_it_then_loses_nothing(

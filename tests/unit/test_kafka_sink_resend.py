@@ -167,3 +167,38 @@ async def test_a_changelog_append_given_up_on_is_made_again_whole() -> None:
     assert logs[1][-1:] == [b"v0"]
     assert ends == {0: len(logs[0]), 1: len(logs[1])}
     assert not producers
+
+
+class _TxnProducer(_Producer):
+    def __init__(self, fail: dict[int, BaseException]) -> None:
+        super().__init__(fail)
+        self.committed = False
+
+    async def commit_transaction(self) -> None:
+        self.committed = True
+
+    async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
+        return None
+
+
+async def test_a_transaction_with_a_batch_given_up_on_does_not_commit() -> None:
+    """aiokafka would commit it without the lost batch: the commit checks every batch the
+    sinks sent in the transaction first."""
+    from connectors.kafka import KafkaTransaction
+    from evtime.errors import TransactionFailedError
+
+    producer = _TxnProducer({1: KafkaTimeoutError()})
+    txn = KafkaTransaction("127.0.0.1:1", "app-t-0")
+    txn._producer = producer  # type: ignore[assignment]
+    sink = KafkaSink("out", "127.0.0.1:1")
+    sink._partition_count = 2
+    await sink._send(sink._records(_outputs(8)), producer)  # type: ignore[arg-type]
+    with pytest.raises(TransactionFailedError, match="not delivered"):
+        await txn.commit({("in", 0): 8}, "group")
+    assert not producer.committed
+    # A transaction whose batches all landed commits.
+    ok = _TxnProducer({})
+    txn._producer = ok  # type: ignore[assignment]
+    await sink._send(sink._records(_outputs(8)), ok)  # type: ignore[arg-type]
+    await txn.commit({("in", 0): 8}, "group")
+    assert ok.committed
