@@ -19,7 +19,6 @@ connectors/kafka_retry.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import weakref
@@ -41,7 +40,13 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 
 from connectors.kafka_changelog import KafkaChangelog, partition_counts
-from connectors.kafka_retry import given_up, producer_overrides, started, while_unreachable
+from connectors.kafka_retry import (
+    given_up,
+    producer_overrides,
+    started,
+    stopped,
+    while_unreachable,
+)
 from evtime.errors import ConfigError, EvtimeError, TransactionFailedError
 from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP
@@ -558,8 +563,7 @@ class KafkaSink:
         )
         old, self._producer = self._producer, None
         if old is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(old.stop(), timeout=10)
+            await stopped(old)
         await self._send(again)
         raise first  # waited for (with backoff), then the new batches are awaited
 

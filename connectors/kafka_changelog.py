@@ -20,7 +20,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from connectors.kafka_retry import given_up, producer_overrides, started, while_unreachable
+from connectors.kafka_retry import (
+    given_up,
+    producer_overrides,
+    started,
+    stopped,
+    while_unreachable,
+)
 from evtime.errors import ConfigError, TransactionFailedError
 from evtime.records import ChangelogRecord
 from evtime.runtime.changelog import CHECKPOINT_HEADER, EPOCH_HEADER
@@ -177,8 +183,7 @@ class KafkaChangelog:
     async def _drop_producer(self, producer: AIOKafkaProducer) -> None:
         if self._producer is producer:
             self._producer = None
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.stop(), timeout=10)
+        await stopped(producer)
 
     async def _append_with(
         self,

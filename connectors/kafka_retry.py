@@ -10,6 +10,7 @@ then :class:`BrokerUnreachableError` says what was being done and what to do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -46,6 +47,13 @@ async def started(client: _C) -> _C:
         await client.stop()
         raise
     return client
+
+
+async def stopped(client: _Client, timeout_s: float = 10.0) -> None:
+    """Stop a client that gave up on deliveries (its failures are already known): within
+    ``timeout_s``, and whatever its stop raises."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.stop(), timeout=timeout_s)
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
 BROKER_WAIT_ENV = "EVTIME_KAFKA_BROKER_WAIT"

@@ -55,6 +55,7 @@ import orjson
 
 from connectors.local import partition_for
 from evtime.errors import ConfigError, EvtimeError
+from evtime.services_build import tail
 from evtime.time import to_millis
 
 SECOND = 1_000
@@ -345,7 +346,7 @@ async def _run_on_services(args: argparse.Namespace, stream: Stream, work: Path)
             code = _stop_worker(worker)
         if code != 0:
             print(f"the worker exited with {code}; last lines of {work / 'worker.log'}:")
-            print(_tail(work / "worker.log"))
+            print(tail(work / "worker.log"))
             return 1
         docs = await _all_documents(es, index)
     dead = await _dead_letter_reasons(args.bootstrap, dlq)
@@ -391,13 +392,13 @@ async def _await_assignment(worker: subprocess.Popen[bytes], log: Path) -> None:
         if b"assigned [" in log.read_bytes():
             return
         await asyncio.sleep(0.2)
-    raise EvtimeError(f"the worker got no partitions within 90 s; see {log}:\n{_tail(log)}")
+    raise EvtimeError(f"the worker got no partitions within 90 s; see {log}:\n{tail(log)}")
 
 
 def _check_alive(worker: subprocess.Popen[bytes], work: Path) -> None:
     if worker.poll() is not None:
         raise EvtimeError(f"the worker exited with {worker.returncode}; last lines of its log:\n"
-                          f"{_tail(work / 'worker.log')}")
+                          f"{tail(work / 'worker.log')}")
 
 
 def _stop_worker(worker: subprocess.Popen[bytes]) -> int:
@@ -497,14 +498,6 @@ async def _dead_letter_reasons(bootstrap: str, topic: str) -> Counter[str]:
     finally:
         await consumer.stop()
     return reasons
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "    (no log)"
-    return "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
 
 
 # -- on the embedded engine --------------------------------------------------------------

@@ -172,23 +172,22 @@ async def deliver(
             await dl.write_dead(dead)
 
 
+def _distinct_sinks(plan: Plan) -> list[Any]:
+    """Every sink and the dead-letter sink, each once (a sink may serve several outputs)."""
+    distinct: dict[int, Any] = {}
+    for sink in [*plan.sinks.values(), plan.dead_letter]:
+        if sink is not None:
+            distinct.setdefault(id(sink), sink)
+    return list(distinct.values())
+
+
 async def close_sinks(plan: Plan) -> None:
-    """Close every sink and the dead-letter sink once (a sink may serve several outputs)."""
-    seen: set[int] = set()
-    targets: list[Any] = [*plan.sinks.values(), plan.dead_letter]
-    for sink in targets:
-        if sink is None or id(sink) in seen:
-            continue
-        seen.add(id(sink))
+    """Close every sink and the dead-letter sink once."""
+    for sink in _distinct_sinks(plan):
         await sink.close()
 
 
 async def flush_all(plan: Plan) -> None:
     """Flush every sink and the dead-letter sink, awaiting durability."""
-    seen: set[int] = set()
-    targets: list[Any] = [*plan.sinks.values(), plan.dead_letter]
-    for sink in targets:
-        if sink is None or id(sink) in seen:
-            continue
-        seen.add(id(sink))
+    for sink in _distinct_sinks(plan):
         await sink.flush()

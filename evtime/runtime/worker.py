@@ -406,6 +406,10 @@ class Worker:
             task.checkpoints += 1
             await txn.begin()
 
+    def _transaction_id(self, tid: TaskId) -> str:
+        """A task's stable transactional id: starting it fences the task's previous owner."""
+        return f"{self.plan.app_name}-{group_name(tid[0])}-{tid[1]}"
+
     async def _redo_interval(self, task: PartitionTask, exc: Exception) -> None:
         """Exactly-once, a transaction that cannot commit (some of its records were not
         delivered: a broker outage longer than the delivery timeout): it is aborted (a new
@@ -431,9 +435,7 @@ class Worker:
         task.close()
         fresh = self.tasks[tid] = PartitionTask(self.plan, task.group, task.partition, self.clock)
         fresh.epoch = epoch  # the same run: no other owner came in between
-        txn = self._factory.transaction(
-            f"{self.plan.app_name}-{group_name(task.group)}-{task.partition}"
-        )
+        txn = self._factory.transaction(self._transaction_id(tid))
         await txn.begin()
         self._txns[tid] = txn
         partitions = [(topic, task.partition) for topic in task.group]
@@ -485,9 +487,7 @@ class Worker:
                 for topic, partition in partitions:
                     tid = (self._group_of[topic], partition)
                     if tid not in self._txns:
-                        txn = self._factory.transaction(
-                            f"{self.plan.app_name}-{group_name(tid[0])}-{partition}"
-                        )
+                        txn = self._factory.transaction(self._transaction_id(tid))
                         await txn.begin()
                         self._txns[tid] = txn
             self.assignments += 1

@@ -28,6 +28,7 @@ from tests.integration.kafka_helpers import (
     consume_all,
     create_topics,
     decode_outputs,
+    delete_topics,
     keyed_stream,
     produce,
     reference_counts,
@@ -54,16 +55,6 @@ async def _cluster_id(bootstrap: str) -> str:
         await admin.start()
         cluster = await admin.describe_cluster()
         return str(cluster["cluster_id"])
-    finally:
-        await admin.close()
-
-
-async def _delete_topics(bootstrap: str, prefix: str) -> None:
-    """Delete the test's topics (changelogs included): each partition slows every restart."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(prefix)])
     finally:
         await admin.close()
 
@@ -209,7 +200,7 @@ def _restart_mid_run(
     duplicates = check_windows(decode_outputs(out), expected)
     if processing == "exactly_once":
         assert duplicates == 0
-    asyncio.run(_delete_topics(kafka_bootstrap, unique_name))  # kept when the test fails
+    delete_topics(kafka_bootstrap, unique_name)  # kept when the test fails
     print(
         f"{processing}: {len(expected)} windows, {duplicates} identical re-emissions; broker down "
         f"{back - stopped:.1f} s (stop + {down_s:.0f} s + restart), all windows out "
@@ -263,7 +254,7 @@ def test_a_worker_started_while_the_broker_is_down_waits_for_it_then_loses_nothi
             code = _stop(proc) if proc is not None else 0
     assert code == 0, log_path.read_text(errors="replace")[-3000:]
     check_windows(decode_outputs(out), expected)
-    asyncio.run(_delete_topics(kafka_bootstrap, unique_name))
+    delete_topics(kafka_bootstrap, unique_name)
 
 
 def test_a_sink_first_written_while_the_broker_is_down_delivers_once_it_is_back(
@@ -294,7 +285,7 @@ def test_a_sink_first_written_while_the_broker_is_down_delivers_once_it_is_back(
     records = asyncio.run(consume_all(bootstrap, unique_name, expect=200, timeout_s=30))
     ids = [dict(r.headers)["evtime-id"].decode() for r in records]
     assert sorted(ids) == sorted(o.id for o in outputs if o.id is not None)
-    asyncio.run(_delete_topics(bootstrap, unique_name))
+    delete_topics(bootstrap, unique_name)
     print(f"write + flush waited {waited:.1f} s for the broker, then delivered all 200")
 
 

@@ -30,6 +30,7 @@ import pytest
 
 from evtime import services
 from evtime.services import ServicesConfig
+from tests.integration.kafka_helpers import delete_topics
 from tests.integration.seed_helpers import (
     Pipeline,
     all_documents,
@@ -38,7 +39,6 @@ from tests.integration.seed_helpers import (
     count,
     dead_letters,
     delete_index,
-    delete_topics,
     expected,
     generate,
     headers,

@@ -215,3 +215,18 @@ def check_windows(outputs: list[tuple[str, dict[str, Any]]], expected: dict[str,
     wrong = {w for w in expected if got[w] != expected[w]}
     assert not wrong, f"{len(wrong)} windows with wrong counts, e.g. {sorted(wrong)[:3]}"
     return duplicates
+
+
+async def _delete_topics(bootstrap: str, prefix: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(prefix)])
+    finally:
+        await admin.close()
+
+
+def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Delete the topics named ``prefix...`` (input, dead letters, changelogs): the broker
+    is shared, and every partition slows its restarts (tests/faults restart it)."""
+    asyncio.run(_delete_topics(bootstrap, prefix))

@@ -199,21 +199,6 @@ def produce_stream(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> 
     asyncio.run(produce(bootstrap, topic, PARTITIONS, records))
 
 
-async def _delete_topics(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(prefix)])
-    finally:
-        await admin.close()
-
-
-def delete_topics(bootstrap: str, prefix: str) -> None:
-    """Delete the topics named ``prefix...`` (input, dead letters, changelogs): the broker
-    is shared, and every partition slows its restarts (tests/faults restart it)."""
-    asyncio.run(_delete_topics(bootstrap, prefix))
-
-
 async def _lag(bootstrap: str, group: str, topic: str) -> int:
     """Records of ``topic`` past the offsets ``group`` committed (all of them when none)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)

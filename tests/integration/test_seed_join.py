@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.kafka_helpers import delete_topics
 from tests.integration.seed_helpers import (
     Pipeline,
     all_documents,
     assert_same_documents,
     dead_letters,
     delete_index,
-    delete_topics,
     expected,
     generate,
     late_letters,
