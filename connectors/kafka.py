@@ -40,6 +40,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 
 from connectors.kafka_changelog import KafkaChangelog, partition_counts
+from connectors.kafka_fetch import lean_fetch
 from connectors.kafka_retry import (
     given_up,
     producer_overrides,
@@ -280,7 +281,9 @@ class KafkaGroupSource:
         self._consumer = consumer
 
     async def _start_consumer(self) -> AIOKafkaConsumer:
-        return await started(AIOKafkaConsumer(**self._settings))
+        consumer = await started(AIOKafkaConsumer(**self._settings))
+        lean_fetch(consumer)  # records without a ConsumerRecord each (connectors/kafka_fetch.py)
+        return consumer
 
     async def _revoked(self, revoked: list[TopicPartition]) -> None:
         if self._on_revoked is not None and revoked:
@@ -318,8 +321,9 @@ class KafkaGroupSource:
         batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         if self._callback_error is not None:  # a rebalance ran during the fetch
             raise self._callback_error
-        # aiokafka's ConsumerRecord has the attributes of a RawRecord (offset, key, value,
-        # timestamp, headers): handed over as they are, with no per-record copy.
+        # aiokafka's record objects (and its ConsumerRecord, without lean_fetch) have the
+        # attributes of a RawRecord (offset, key, value, timestamp, headers): handed over
+        # as they are, with no per-record copy.
         return {(tp.topic, tp.partition): records for tp, records in batches.items() if records}
 
     async def committed(self, partitions: Sequence[TP]) -> dict[TP, int]:

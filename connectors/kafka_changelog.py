@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from connectors.kafka_fetch import lean_fetch
 from connectors.kafka_retry import (
     given_up,
     producer_overrides,
@@ -263,7 +264,9 @@ class KafkaChangelog:
             isolation_level="read_committed",
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
-        return await started(reader)
+        reader = await started(reader)
+        lean_fetch(reader)  # restores read records without a ConsumerRecord each
+        return reader
 
     async def read(self, partition: int, start: int) -> list[ChangelogRecord]:
         """Every record of ``partition`` from offset ``start`` to the current end, with the

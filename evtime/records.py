@@ -85,7 +85,7 @@ class Batch:
             self.topic,
             self.partition,
             raw.offset,
-            raw.headers,
+            tuple(raw.headers or ()),
         )
 
 
