@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -273,10 +272,10 @@ class PartitionTask:
             return None
         if set(map(type, timestamps)) != {int} or not set(map(type, keys)) <= {str, int}:
             return None
-        wb = watermark_before
-        watermarks = [m - delay for m in accumulate(timestamps, max)]
-        if watermarks[0] < wb:  # the running maxima do not decrease: clamp only if needed
-            watermarks = [w if w > wb else wb for w in watermarks]
+        # max(watermark before, running maximum - delay), record by record: one pass, with
+        # no call per record (itertools.accumulate with max costs 4 times as much).
+        top = watermark_before + delay
+        watermarks = [(top := t) - delay if t > top else top - delay for t in timestamps]
         return keys, values, timestamps, watermarks
 
     def _dead(self, topic: str, raw: RawRecord, value: Any, exc: Exception) -> None:
