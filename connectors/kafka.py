@@ -359,6 +359,18 @@ class KafkaGroupSource:
     def assignment(self) -> set[TP]:
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
 
+    def highwaters(self) -> dict[TP, int]:
+        """Each assigned partition's end offset as of its last fetch (for the lag metric)."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        out: dict[TP, int] = {}
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is not None:
+                out[(tp.topic, tp.partition)] = end
+        return out
+
     def paused(self) -> set[TP]:
         return {(tp.topic, tp.partition) for tp in self.consumer.paused()}
 

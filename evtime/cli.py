@@ -81,6 +81,10 @@ def _run(args: argparse.Namespace) -> int:
         app.plan.state_dir = Path(args.state_dir)
     if getattr(args, "instance_id", None):
         os.environ["EVTIME_INSTANCE_ID"] = args.instance_id
+    if getattr(args, "metrics_port", None) is not None:
+        os.environ["EVTIME_METRICS_PORT"] = str(args.metrics_port)
+    if getattr(args, "metrics_host", None):
+        os.environ["EVTIME_METRICS_HOST"] = args.metrics_host
     app.run()
     return 0
 
@@ -117,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--instance-id",
         help="stable id of this worker in the consumer group (static membership: a restart "
         "takes its partitions back at once); default $EVTIME_INSTANCE_ID",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on /metrics and health on /healthz (readiness) and "
+        "/healthz/live at this port (0: any free port, logged); default $EVTIME_METRICS_PORT, "
+        "else not served",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        help="address the metrics server binds; default $EVTIME_METRICS_HOST, else 0.0.0.0",
     )
     worker.set_defaults(func=_run)
 

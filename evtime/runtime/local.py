@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -187,7 +188,12 @@ async def close_sinks(plan: Plan) -> None:
         await sink.close()
 
 
-async def flush_all(plan: Plan) -> None:
-    """Flush every sink and the dead-letter sink, awaiting durability."""
+async def flush_all(plan: Plan) -> list[tuple[Any, float]]:
+    """Flush every sink and the dead-letter sink, awaiting durability; each sink with the
+    seconds its flush took."""
+    took = []
     for sink in _distinct_sinks(plan):
+        began = time.perf_counter()
         await sink.flush()
+        took.append((sink, time.perf_counter() - began))
+    return took

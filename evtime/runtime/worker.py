@@ -22,7 +22,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from evtime.errors import ConfigError, TransactionFailedError
@@ -40,6 +40,7 @@ from evtime.records import Guarantee
 from evtime.runtime.changelog import marker_record, meta_record, plan_restore, state_record
 from evtime.runtime.gc import tune_gc
 from evtime.runtime.local import close_sinks, deliver, flush_all
+from evtime.runtime.metrics import MetricsServer, WorkerStats, sink_names
 from evtime.runtime.task import PartitionTask, group_name
 from evtime.time import Clock, SystemClock
 
@@ -60,6 +61,8 @@ class Worker:
         handle_signals: bool = True,
         instance_id: str | None = None,
         pause_after_ms: int = 1_000,
+        metrics_port: int | None = None,
+        metrics_host: str | None = None,
     ) -> None:
         plan.validate()
         if pause_after_ms <= 0 or poll_ms <= 0:
@@ -73,6 +76,20 @@ class Worker:
         # How long a step's sink work may take before the partitions are paused.
         self.pause_after_ms = pause_after_ms
         self.handle_signals = handle_signals
+        # /metrics and /healthz (evtime/runtime/metrics.py): off unless a port is given.
+        port = os.environ.get("EVTIME_METRICS_PORT") if metrics_port is None else metrics_port
+        try:
+            self.metrics_port = None if port in (None, "") else int(port)
+        except ValueError:
+            raise ConfigError(
+                f"EVTIME_METRICS_PORT is {port!r}: give a port number (0: any free port)"
+            ) from None
+        self.metrics_host = metrics_host or os.environ.get("EVTIME_METRICS_HOST") or "0.0.0.0"
+        self.metrics: MetricsServer | None = None
+        self.stats = WorkerStats()
+        self.state = "created"
+        """created, starting, running, rebalancing, stopping or stopped (see :meth:`health`)."""
+        self._sink_names: dict[int, str] = {}
         # A stable id per worker process (static group membership): a restarted worker
         # gets its partitions back at once instead of after the session timeout.
         self.instance_id = instance_id or os.environ.get("EVTIME_INSTANCE_ID") or None
@@ -117,8 +134,21 @@ class Worker:
         """Consume, process and checkpoint until :meth:`stop` (or SIGTERM / SIGINT)."""
         tune_gc()
         started = time.perf_counter()
+        self.state = "starting"
+        self._sink_names = sink_names(self)
         if self.handle_signals:
             self._install_signal_handlers()
+        if self.metrics_port is not None:
+            self.metrics = MetricsServer(self, self.metrics_host, self.metrics_port)
+            await self.metrics.start()
+        try:
+            await self._run(started)
+        finally:
+            self.state = "stopped"
+            if self.metrics is not None:
+                await self.metrics.stop()
+
+    async def _run(self, started: float) -> None:
         await self._check_co_partitioned()
         for group in self.plan.groups():
             changelog = self._factory.changelog(
@@ -132,6 +162,7 @@ class Worker:
         self._source = source
         await source.start(self._on_assigned, self._on_revoked)
         self._last_checkpoint = self.clock.now_ms()
+        self.state = "running"
         log.info("worker %s started on topics %s", self.plan.app_name, sorted(self.plan.sources))
         failed = False
         step: asyncio.Task[None] | None = None
@@ -226,6 +257,7 @@ class Worker:
             return step
         step.result()
         paused = time.monotonic() - self._paused_at
+        self._paused_at = 0.0
         self.timings["paused"] += paused
         partitions = source.assignment()
         source.resume(partitions)
@@ -253,6 +285,38 @@ class Worker:
                     f"into a topic with {max(counts.values())} partitions keyed like the other"
                 )
 
+    # -- observability ---------------------------------------------------------------
+    def assigned(self) -> set[TopicPartition]:
+        """The input partitions assigned to this worker now."""
+        source = self._source
+        return source.assignment() if source is not None and self.state != "stopped" else set()
+
+    def highwaters(self) -> dict[TopicPartition, int]:
+        """Each assigned partition's end offset as of its last fetch (when the source knows)."""
+        source = self._source
+        read = getattr(source, "highwaters", None)
+        if read is None or self.state in ("created", "stopped"):
+            return {}
+        result: dict[TopicPartition, int] = read()
+        return result
+
+    def health(self) -> dict[str, Any]:
+        """Readiness for /healthz: ready while running with the assigned partitions' tasks
+        open (not while starting, rebalancing, restoring or stopping)."""
+        now = self.clock.now_ms()
+        return {
+            "ready": self.state == "running",
+            "state": self.state,
+            "app": self.plan.app_name,
+            "assigned": sorted(f"{t}[{p}]" for t, p in self.assigned()),
+            "tasks": len(self.tasks),
+            "paused": self._paused_at > 0,
+            "checkpoints": self.checkpoints,
+            "last_checkpoint_age_s": (
+                round((now - self._last_checkpoint) / 1000, 3) if self._last_checkpoint else None
+            ),
+        }
+
     def stop(self) -> None:
         """Ask the worker to checkpoint every task, leave the group and return."""
         self._stop.set()
@@ -273,6 +337,7 @@ class Worker:
             loop.add_signal_handler(sig, on_signal, sig)
 
     async def _shutdown(self, source: GroupSource, *, checkpoint: bool = True) -> None:
+        self.state = "stopping"
         async with self._lock:
             try:
                 if self.tasks and checkpoint:
@@ -304,13 +369,24 @@ class Worker:
                 raws = [r for r in raws if r.offset >= expected]
                 if not raws:
                     continue
+            counts = self.stats.records_in
+            counts[(topic, partition)] = counts.get((topic, partition), 0) + len(raws)
             task.process(topic, raws)
 
     async def _deliver(self, tasks: Iterable[PartitionTask]) -> None:
+        stats = self.stats
         for task in tasks:
             outputs, dead = task.take()
+            if task.collector.late_count:
+                stats.late_records += task.collector.late_count
+                task.collector.late_count = 0
             if not (outputs or dead):
                 continue
+            for output_id, batch in outputs.items():
+                stats.records_out[output_id] = stats.records_out.get(output_id, 0) + len(batch)
+            for letter in dead:
+                reason = letter.reason.value
+                stats.dead_letters[reason] = stats.dead_letters.get(reason, 0) + 1
             txn = self._txns.get((task.group, task.partition))
             if txn is None:
                 await deliver(self.plan, outputs, dead)
@@ -348,14 +424,18 @@ class Worker:
         """
         if self._source is None:
             return
+        began = time.perf_counter()
         await self._deliver(tasks)
-        await flush_all(self.plan)
+        for sink, seconds in await flush_all(self.plan):
+            self.stats.flushed(self._sink_names.get(id(sink), type(sink).__name__), seconds)
         prepared = []
+        changes = 0
         appends: dict[tuple[str, ...], dict[int, Any]] = {}
         for task in tasks:
             prep = task.db.prepare(collect_changes=True)
             meta = task.snapshot_meta()
             records = [state_record(c) for c in prep.changes]
+            changes += len(records)
             records.append(meta_record(meta["offsets"], meta["watermarks"]))
             appends.setdefault(task.group, {})[task.partition] = (records, meta["offsets"])
             prepared.append((task, prep, meta))
@@ -377,6 +457,13 @@ class Worker:
             await self._source.commit(offsets)
         self._last_checkpoint = self.clock.now_ms()
         self.checkpoints += 1
+        took = time.perf_counter() - began
+        stats = self.stats
+        stats.checkpoint_count += 1
+        stats.checkpoint_seconds += took
+        stats.checkpoint_last_seconds = took
+        stats.checkpoint_changes += changes
+        stats.checkpoint_last_changes = changes
 
     async def _commit_transactions(
         self, prepared: list[tuple[PartitionTask, Any, dict[str, Any]]], appends: dict[Any, Any]
@@ -444,7 +531,7 @@ class Worker:
 
     # -- rebalance -------------------------------------------------------------------
     async def _on_revoked(self, partitions: list[TopicPartition]) -> None:
-        async with self._lock:
+        async with self._lock, self._rebalancing():
             self.revocations += 1
             # Not processed: the next owner (or this worker, after a seek) fetches them.
             self._drop_held(partitions)
@@ -460,6 +547,17 @@ class Worker:
                 if txn is not None:
                     await txn.close()
             log.info("revoked %s", sorted(partitions))
+
+    @contextlib.asynccontextmanager
+    async def _rebalancing(self) -> AsyncIterator[None]:
+        # Not ready (/healthz) while tasks are checkpointed away, opened or restored.
+        if self.state == "running":
+            self.state = "rebalancing"
+        try:
+            yield
+        finally:
+            if self.state == "rebalancing":
+                self.state = "running"
 
     def _drop_held(self, partitions: list[TopicPartition]) -> None:
         for batches in self._held:
@@ -480,7 +578,7 @@ class Worker:
         """
         if self._source is None:
             return {}
-        async with self._lock:
+        async with self._lock, self._rebalancing():
             if self.exactly_once:
                 # Fence the task's previous producer (a zombie owner) first: that aborts its
                 # open transaction, so committed offsets and the changelog are stable.

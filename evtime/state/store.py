@@ -444,6 +444,18 @@ class TaskDB:
     def closed(self) -> bool:
         return self._closed
 
+    def size(self) -> tuple[int, int]:
+        """RocksDB's figures for the whole database: bytes (SST files and memtables) and
+        its estimate of the number of entries (for metrics)."""
+        self._check_open()
+        size = keys = 0
+        for name in self.column_family_names():
+            column = self._column(name)
+            for prop in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):
+                size += column.property_int_value(prop) or 0
+            keys += column.property_int_value("rocksdb.estimate-num-keys") or 0
+        return size, keys
+
 
 def _options() -> Options:
     opts = Options(raw_mode=True)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +171,13 @@ def worker_env(name: str, tmp_path: Path) -> dict[str, str]:
     }
 
 
-def start_worker(job: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    job: str, env: dict[str, str], log_path: Path, args: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
     full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     log = log_path.open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "evtime.cli", "worker", f"{JOBS / job}:app"],
+        [sys.executable, "-m", "evtime.cli", "worker", f"{JOBS / job}:app", *args],
         env=full_env,
         stdout=log,
         stderr=subprocess.STDOUT,

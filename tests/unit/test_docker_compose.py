@@ -47,3 +47,11 @@ def test_dockerfile_copies_what_the_package_needs() -> None:
     text = (ROOT / "docker" / "Dockerfile").read_text()
     for part in ("pyproject.toml", "evtime", "connectors", "pip install"):
         assert part in text
+
+
+def test_worker_serves_metrics_and_its_healthcheck_asks_for_liveness() -> None:
+    worker = load()["services"]["worker"]
+    port = worker["environment"]["EVTIME_METRICS_PORT"]
+    assert f"{port}:{port}" in worker["ports"]
+    probe = " ".join(worker["healthcheck"]["test"])
+    assert f"127.0.0.1:{port}/healthz/live" in probe
