@@ -294,7 +294,9 @@ class KafkaGroupSource:
                 raise
 
     async def _assigned(self, assigned: list[TopicPartition]) -> None:
-        if self._on_assigned is None or not assigned:
+        # An empty assignment is passed on too (more members than partitions): the worker
+        # has joined the group all the same.
+        if self._on_assigned is None:
             return
         try:
             starts = await self._on_assigned([(tp.topic, tp.partition) for tp in assigned])

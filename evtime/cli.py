@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import importlib.util
 import logging
@@ -79,6 +80,8 @@ def _run(args: argparse.Namespace) -> int:
     app = load_app(args.app)
     if args.state_dir:
         app.plan.state_dir = Path(args.state_dir)
+    if getattr(args, "processes", None) is not None:
+        return _supervise(args, app)
     if getattr(args, "instance_id", None):
         os.environ["EVTIME_INSTANCE_ID"] = args.instance_id
     if getattr(args, "metrics_port", None) is not None:
@@ -87,6 +90,35 @@ def _run(args: argparse.Namespace) -> int:
         os.environ["EVTIME_METRICS_HOST"] = args.metrics_host
     app.run()
     return 0
+
+
+def _supervise(args: argparse.Namespace, app: Any) -> int:
+    from evtime.supervisor import Supervisor
+
+    if not app.on_kafka:
+        raise ConfigError("-p runs Kafka workers; an app on local sources runs with `evtime run`")
+    supervisor = Supervisor(
+        args.app,
+        args.processes,
+        app.plan.state_dir,
+        instance_id=args.instance_id or os.environ.get("EVTIME_INSTANCE_ID"),
+        metrics_port=_metrics_port(args),
+        metrics_host=args.metrics_host or os.environ.get("EVTIME_METRICS_HOST"),
+        verbose=args.verbose,
+    )
+    code: int = asyncio.run(supervisor.run())
+    return code
+
+
+def _metrics_port(args: argparse.Namespace) -> int | None:
+    if args.metrics_port is not None:
+        port: int = args.metrics_port
+        return port
+    env = os.environ.get("EVTIME_METRICS_PORT")
+    try:
+        return int(env) if env else None
+    except ValueError:
+        raise ConfigError(f"EVTIME_METRICS_PORT is {env!r}: give a port number") from None
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -133,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-host",
         help="address the metrics server binds; default $EVTIME_METRICS_HOST, else 0.0.0.0",
     )
+    worker.add_argument(
+        "-p",
+        "--processes",
+        type=int,
+        help="run N worker processes of the app here, supervised: each with its own state "
+        "directory (<state_dir>/worker-<i>), instance id (<id>-<i>) and metrics port "
+        "(<port>+i); one that crashes is started again",
+    )
     worker.set_defaults(func=_run)
 
     demo = sub.add_parser("demo", help="generate a stream and run the demo pipeline on it")
@@ -161,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         args.rest = argv[first + 1 :]
     else:
         args = parser.parse_args(argv)
+    prefix = os.environ.get("EVTIME_LOG_PREFIX", "").replace("%", "%%")  # set by `-p N`
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
     )
     try:
         code: int = args.func(args)

@@ -162,7 +162,6 @@ class Worker:
         self._source = source
         await source.start(self._on_assigned, self._on_revoked)
         self._last_checkpoint = self.clock.now_ms()
-        self.state = "running"
         log.info("worker %s started on topics %s", self.plan.app_name, sorted(self.plan.sources))
         failed = False
         step: asyncio.Task[None] | None = None
@@ -550,13 +549,14 @@ class Worker:
 
     @contextlib.asynccontextmanager
     async def _rebalancing(self) -> AsyncIterator[None]:
-        # Not ready (/healthz) while tasks are checkpointed away, opened or restored.
+        # Not ready (/healthz) while tasks are checkpointed away, opened or restored; ready
+        # from the end of the first assignment (the group's join runs after start-up).
         if self.state == "running":
             self.state = "rebalancing"
         try:
             yield
         finally:
-            if self.state == "rebalancing":
+            if self.state in ("starting", "rebalancing"):
                 self.state = "running"
 
     def _drop_held(self, partitions: list[TopicPartition]) -> None:

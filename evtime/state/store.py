@@ -264,6 +264,7 @@ class TaskDB:
                     "delete the directory and the task will restore from its changelog"
                 ) from exc
         names.discard("default")
+        self._cf_names = sorted(names)
         opts = _options()
         try:
             self._rdict = Rdict(
@@ -449,7 +450,7 @@ class TaskDB:
         its estimate of the number of entries (for metrics)."""
         self._check_open()
         size = keys = 0
-        for name in self.column_family_names():
+        for name in self._cf_names:
             column = self._column(name)
             for prop in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):
                 size += column.property_int_value(prop) or 0

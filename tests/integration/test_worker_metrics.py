@@ -119,13 +119,14 @@ def test_worker_serves_health_and_metrics(
             counts = [0] * PARTITIONS
             for p, _, _ in records:
                 counts[p] += 1
+            checkpoints = sum(v for _, v in m.get("evtime_checkpoint_seconds_count", []))
             done = (
                 read == dict(enumerate(counts)) and len(lag) == PARTITIONS and not any(lag)
-                and out >= len(expected)
+                and out >= len(expected) and checkpoints > 0
             )
             return done and m
 
-        m = _until("every record read and every window out", caught_up, 120, log)
+        m = _until("every record read, every window out, a checkpoint", caught_up, 120, log)
         outputs = asyncio.run(
             consume_all(kafka_bootstrap, env["EVTIME_TEST_OUT"], expect=len(expected),
                         timeout_s=60)
