@@ -100,3 +100,31 @@ def test_supervisor_fails_when_a_worker_does_not_stop_cleanly(
     code = asyncio.run(_run_until(s, lambda: s.children[1].codes == [3]))
     assert code == 1  # worker-1's last run ended with an error
     assert s.children[1].codes == [3] and s.children[0].codes == [0]
+
+
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """A supervisor killed with -9 cannot pass anything on: its workers get SIGTERM from
+    the kernel (parent-death signal) and stop; none is left running."""
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    script = (
+        "import asyncio, sys; from pathlib import Path; "
+        f"sys.path.insert(0, {str(root)!r}); "
+        "from tests.unit.test_supervisor import _StandIns; "
+        f"asyncio.run(_StandIns(Path({str(tmp_path)!r}), crash=set()).run())"
+    )
+    supervisor = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 20
+        while not all("start" in _lines(tmp_path / f"w{i}.log") for i in (0, 1)):
+            assert time.monotonic() < deadline, "the stand-in workers did not start"
+            time.sleep(0.05)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+    deadline = time.monotonic() + 10
+    while not all(_lines(tmp_path / f"w{i}.log")[-1:] == ["sigterm"] for i in (0, 1)):
+        assert time.monotonic() < deadline, [_lines(tmp_path / f"w{i}.log") for i in (0, 1)]
+        time.sleep(0.05)
