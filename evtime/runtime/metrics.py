@@ -210,6 +210,8 @@ class WorkerCollector(Collector):
              w.pauses),
             ("evtime_restored_records", "Changelog records applied by state restores",
              w.restored_records),
+            ("evtime_transactions_redone", "Exactly-once intervals processed again after "
+             "their transaction could not commit", w.redos),
         ):
             counter = CounterMetricFamily(name, help_, labels=["app"])
             counter.add_metric([app], value)

@@ -124,6 +124,8 @@ class Worker:
         """Backpressure episodes: times the partitions were paused for a slow step."""
         self.assignments = 0
         self.revocations = 0
+        self.redos = 0
+        """Exactly-once intervals processed again after their transaction could not commit."""
         # Polls that returned records while the partitions were paused (of a partition
         # assigned meanwhile), processed after the step.
         self._held: list[dict[TopicPartition, list[Any]]] = []
@@ -506,6 +508,7 @@ class Worker:
         if self._source is None:
             return
         tid = (task.group, task.partition)
+        self.redos += 1
         log.warning(
             "%s[%d]: %s; aborting the transaction and processing again from the last "
             "checkpoint %s",
