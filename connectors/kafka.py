@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,9 +31,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
-    KafkaConnectionError,
     KafkaError,
-    NodeNotReadyError,
     RebalanceInProgressError,
 )
 from aiokafka.partitioner import murmur2
@@ -48,7 +45,8 @@ from connectors.kafka_retry import (
     stopped,
     while_unreachable,
 )
-from evtime.errors import ConfigError, EvtimeError, TransactionFailedError
+from connectors.kafka_transaction import KafkaTransaction, TransactionalProducer
+from evtime.errors import ConfigError, EvtimeError
 from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP
 from evtime.records import DeadLetter, Output, RawRecord
@@ -103,117 +101,6 @@ class KafkaSource:
     def transaction(self, transactional_id: str) -> KafkaTransaction:
         """A transactional producer for one task (exactly-once)."""
         return KafkaTransaction(self.bootstrap, transactional_id)
-
-
-def _retry_closed_connections_in_coordinator_lookups(producer: AIOKafkaProducer) -> None:
-    """Work around aiokafka 0.14.0: its transactional sender retries a FindCoordinator that
-    failed with NodeNotReadyError or RequestTimedOutError, but a KafkaConnectionError (the
-    broker closed the connection mid-request, as it does when it shuts down) kills the
-    sender routine, and every later call of the producer raises "Unexpected error during
-    batch delivery". Seen in the broker-restart test, in send_offsets_to_transaction.
-
-    On this producer's own client only, such a lookup fails as NodeNotReadyError instead,
-    which aiokafka handles: metadata refresh, backoff, retry until the broker is back.
-    tests/unit/test_kafka_transaction.py tells when an aiokafka upgrade makes this moot.
-    """
-    client = producer.client
-    lookup = client.coordinator_lookup
-
-    async def coordinator_lookup(coordinator_type: int, coordinator_key: str) -> int:
-        try:
-            node_id: int = await lookup(coordinator_type, coordinator_key)
-        except KafkaConnectionError as exc:
-            raise NodeNotReadyError(f"coordinator lookup: {exc}") from exc
-        return node_id
-
-    client.coordinator_lookup = coordinator_lookup
-
-
-# The futures of the batches each transactional producer sent in its open transaction:
-# aiokafka commits a transaction even when some of its batches were given up on (a broker
-# outage longer than the delivery timeout), so the commit checks them first.
-_TRANSACTION_BATCHES: weakref.WeakKeyDictionary[AIOKafkaProducer, list[asyncio.Future[Any]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-class KafkaTransaction:
-    """One task's transactional producer.
-
-    Its ``transactional_id`` is stable per task (app, topic group, partition):
-    starting it fences any zombie producer of a previous owner of the task and
-    aborts that owner's open transaction.
-    """
-
-    def __init__(self, bootstrap: str, transactional_id: str) -> None:
-        self.transactional_id = transactional_id
-        self._bootstrap = bootstrap
-        self._producer = self._new_producer()
-        self._started = False
-
-    def _new_producer(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
-            transactional_id=self.transactional_id,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            max_batch_size=512 * 1024,
-            # The broker aborts a transaction open longer than this: it must outlast a
-            # broker outage (a checkpoint waits for the broker), within the broker's
-            # transaction.max.timeout.ms (15 min by default).
-            transaction_timeout_ms=600_000,
-            **producer_overrides(),
-        )
-        _retry_closed_connections_in_coordinator_lookups(producer)
-        return producer
-
-    @property
-    def producer(self) -> AIOKafkaProducer:
-        return self._producer
-
-    async def begin(self) -> None:
-        _TRANSACTION_BATCHES.pop(self._producer, None)
-        if not self._started:
-            # Starting fences the task's previous producer: it needs the broker (and the
-            # transaction coordinator), which may be away during a rebalance.
-            await while_unreachable(
-                f"starting the transactional producer {self.transactional_id!r}", self._start
-            )
-            self._started = True
-        await self._producer.begin_transaction()
-
-    async def _start(self) -> None:
-        try:
-            await self._producer.start()
-        except BaseException:
-            await self._producer.stop()
-            self._producer = self._new_producer()  # a failed one cannot start again
-            raise
-
-    async def commit(self, offsets: dict[TP, int], group_id: str) -> None:
-        """Commit the transaction with ``offsets`` as the group's; TransactionFailedError
-        (nothing committed) if any record sent in it was not delivered."""
-        sent = _TRANSACTION_BATCHES.pop(self._producer, [])
-        for result in await asyncio.gather(*sent, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise TransactionFailedError(
-                    f"transaction of {self.transactional_id!r}: a batch was not delivered "
-                    f"({type(result).__name__}: {result}); it is not committed"
-                ) from result
-        if offsets:
-            await self._producer.send_offsets_to_transaction(
-                {TopicPartition(t, p): o for (t, p), o in offsets.items()}, group_id
-            )
-        await self._producer.commit_transaction()
-
-    async def abort(self) -> None:
-        await self._producer.abort_transaction()
-
-    async def close(self) -> None:
-        if self._started:
-            self._started = False
-            await self._producer.stop()
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -394,6 +281,15 @@ class KafkaGroupSource:
             await consumer.stop()
 
 
+def _transactional(producer: object) -> TransactionalProducer:
+    if not isinstance(producer, TransactionalProducer):
+        raise ConfigError(
+            f"a Kafka sink writes in a transaction with the producer of a KafkaTransaction, "
+            f"not {type(producer).__name__}"
+        )
+    return producer
+
+
 def _key_bytes(key: Any) -> bytes | None:
     if key is None:
         return None
@@ -466,10 +362,8 @@ class KafkaSink:
         await self._send(self._records(outputs))
 
     async def write_in(self, producer: object, outputs: Sequence[Output]) -> None:
-        """Write ``outputs`` with a task's transactional producer (exactly-once)."""
-        if not isinstance(producer, AIOKafkaProducer):
-            raise ConfigError("write_in needs an aiokafka producer")
-        await self._send(self._records(outputs), producer)
+        """Write ``outputs`` in a task's open transaction (exactly-once)."""
+        await self._send(self._records(outputs), _transactional(producer))
 
     @staticmethod
     def _records(outputs: Sequence[Output]) -> list[_Rec]:
@@ -483,14 +377,15 @@ class KafkaSink:
             for o in outputs
         ]
 
-    async def _send(self, records: list[_Rec], producer: AIOKafkaProducer | None = None) -> None:
-        """Produce ``records``; with a transactional ``producer`` delivery is checked by the
-        transaction's commit, else by :meth:`flush`."""
+    async def _send(
+        self, records: list[_Rec], transaction: TransactionalProducer | None = None
+    ) -> None:
+        """Produce ``records``; in a ``transaction`` delivery is checked by its commit, else
+        by :meth:`flush`."""
         if not records:
             return
-        own = producer is None
-        if producer is None:
-            producer = await self._ensure()
+        own = transaction is None
+        producer = await self._ensure() if transaction is None else transaction.producer
         count = await self._partitions(producer)
         batches: dict[int, Any] = {}
         kept: dict[int, list[_Rec]] = {}  # each open batch's records (own producer only)
@@ -514,10 +409,10 @@ class KafkaSink:
                 kept[partition] = []
             if batch.append(timestamp=ts, key=key, value=value, headers=headers) is None:
                 fut = await self._send_batch(producer, batch, partition)
-                if own:
+                if transaction is None:
                     self._pending.append((partition, fut, kept[partition]))
                 else:
-                    _TRANSACTION_BATCHES.setdefault(producer, []).append(fut)
+                    transaction.sent.append(fut)
                 batch = batches[partition] = producer.create_batch()
                 kept[partition] = []
                 batch.append(timestamp=ts, key=key, value=value, headers=headers)
@@ -525,10 +420,10 @@ class KafkaSink:
                 kept[partition].append(rec)
         for partition, batch in batches.items():
             fut = await self._send_batch(producer, batch, partition)
-            if own:
+            if transaction is None:
                 self._pending.append((partition, fut, kept[partition]))
             else:
-                _TRANSACTION_BATCHES.setdefault(producer, []).append(fut)
+                transaction.sent.append(fut)
 
     async def _send_batch(self, producer: AIOKafkaProducer, batch: Any, partition: int) -> Any:
         # aiokafka queues a partition's batch only once the previous one is drained: while
@@ -616,7 +511,5 @@ class KafkaDeadLetterSink(KafkaSink):
         await self._send(self._dead_records(letters))
 
     async def write_dead_in(self, producer: object, letters: Sequence[DeadLetter]) -> None:
-        """Write dead letters with a task's transactional producer (exactly-once)."""
-        if not isinstance(producer, AIOKafkaProducer):
-            raise ConfigError("write_dead_in needs an aiokafka producer")
-        await self._send(self._dead_records(letters), producer)
+        """Write dead letters in a task's open transaction (exactly-once)."""
+        await self._send(self._dead_records(letters), _transactional(producer))

@@ -28,6 +28,7 @@ from connectors.kafka_retry import (
     stopped,
     while_unreachable,
 )
+from connectors.kafka_transaction import TransactionalProducer
 from evtime.errors import ConfigError, TransactionFailedError
 from evtime.records import ChangelogRecord
 from evtime.runtime.changelog import CHECKPOINT_HEADER, EPOCH_HEADER
@@ -158,10 +159,12 @@ class KafkaChangelog:
         timed out, its partition had no leader) is made again, whole, by a new producer:
         records may repeat in the log, which restores the same state from them."""
         if producer is not None:
-            if not isinstance(producer, AIOKafkaProducer):
-                raise ConfigError("append needs an aiokafka producer")
+            if not isinstance(producer, TransactionalProducer):
+                raise ConfigError(
+                    "a changelog appends in a transaction with a KafkaTransaction's producer"
+                )
             try:
-                return await self._append_with(producer, batches, epochs)
+                return await self._append_with(producer.producer, batches, epochs)
             except Exception as exc:
                 if given_up(exc):
                     raise TransactionFailedError(

@@ -184,7 +184,7 @@ class _TxnProducer(_Producer):
 async def test_a_transaction_with_a_batch_given_up_on_does_not_commit() -> None:
     """aiokafka would commit it without the lost batch: the commit checks every batch the
     sinks sent in the transaction first."""
-    from connectors.kafka import KafkaTransaction
+    from connectors.kafka_transaction import KafkaTransaction
     from evtime.errors import TransactionFailedError
 
     producer = _TxnProducer({1: KafkaTimeoutError()})
@@ -192,13 +192,13 @@ async def test_a_transaction_with_a_batch_given_up_on_does_not_commit() -> None:
     txn._producer = producer  # type: ignore[assignment]
     sink = KafkaSink("out", "127.0.0.1:1")
     sink._partition_count = 2
-    await sink._send(sink._records(_outputs(8)), producer)  # type: ignore[arg-type]
+    await sink.write_in(txn.producer, _outputs(8))
     with pytest.raises(TransactionFailedError, match="not delivered"):
         await txn.commit({("in", 0): 8}, "group")
     assert not producer.committed
     # A transaction whose batches all landed commits.
     ok = _TxnProducer({})
     txn._producer = ok  # type: ignore[assignment]
-    await sink._send(sink._records(_outputs(8)), ok)  # type: ignore[arg-type]
+    await sink.write_in(txn.producer, _outputs(8))
     await txn.commit({("in", 0): 8}, "group")
     assert ok.committed

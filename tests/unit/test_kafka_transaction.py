@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from connectors.kafka import KafkaTransaction
+from connectors.kafka_transaction import KafkaTransaction
 
 
 @pytest.fixture
@@ -46,16 +46,16 @@ async def test_a_connection_closed_during_a_coordinator_lookup_is_retried(
     flaky_lookups: list[str],
 ) -> None:
     txn = KafkaTransaction("127.0.0.1:9", "evtime-test-txn")
-    sender: Any = txn.producer._sender
+    sender: Any = txn.producer.producer._sender
     node = await sender._find_coordinator(CoordinationType.GROUP, "evtime-test-group")
     assert node == 7
     assert flaky_lookups == ["evtime-test-group", "evtime-test-group"]
-    await txn.producer.stop()
+    await txn.producer.producer.stop()
 
 
 async def test_aiokafka_itself_still_fails_there(flaky_lookups: list[str]) -> None:
     """If this fails, aiokafka retries closed connections itself: drop the workaround
-    (_retry_closed_connections_in_coordinator_lookups in connectors/kafka.py)."""
+    (_retry_closed_connections_in_coordinator_lookups in connectors/kafka_transaction.py)."""
     producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9", transactional_id="evtime-t")
     sender: Any = producer._sender
     with pytest.raises(KafkaError, match="KafkaConnectionError"):
