@@ -6,6 +6,7 @@ batch at a time, takes its outputs to the sinks, and asks it to snapshot.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ from evtime.serde import ValueFormat, decode_value, key_getter, timestamp_getter
 from evtime.state import CommitStats, TaskDB
 from evtime.time import Clock
 from evtime.watermarks import WatermarkTracker
+
+log = logging.getLogger("evtime.task")
+_KEYING_WARNED: set[tuple[str, str]] = set()
 
 
 def group_name(group: tuple[str, ...]) -> str:
@@ -118,6 +122,9 @@ class PartitionTask:
         self.offsets: dict[str, int] = {t: 0 for t in group}
         self.records_in = 0
         self.checkpoints = 0
+        # Batches whose first record's source key is compared with its declared key (set by
+        # the Kafka worker: a topic not partitioned by that key splits every key's state).
+        self.key_checks = 0
         # The run of this task (named by its changelog epoch marker), set by the worker.
         self.epoch: str | None = None
         self._restore()
@@ -230,6 +237,9 @@ class PartitionTask:
         self.records_in += len(kept)
         if not kept:
             return
+        if self.key_checks:
+            self.key_checks -= 1
+            self._check_keying(topic, kept[0], keys[0])
         if inline and max_ts is not None:
             tracked = on_event(wm_partition, max_ts, now)
             if tracked != watermarks[-1]:
@@ -254,6 +264,32 @@ class PartitionTask:
             for op in self.operators:
                 if op not in inp.operators:
                     op.on_watermark(last)
+
+    def _check_keying(self, topic: str, raw: RawRecord, key: KeyObj) -> None:
+        """Warn (once per topic and process) when a record's Kafka key is not its declared key:
+        records of one key may then sit in several partitions, each task holding part of its
+        windows, joins and state."""
+        spec = self.inputs[topic].spec
+        if spec.key is None or (topic, "keying") in _KEYING_WARNED:
+            return
+        name = spec.key if isinstance(spec.key, str) else getattr(spec.key, "__name__", "key")
+        if raw.key is None:
+            problem = "have no Kafka key, so producers spread them over the partitions"
+        elif raw.key != (key if isinstance(key, bytes) else str(key).encode()):
+            problem = f"are keyed by something else (Kafka key {raw.key[:40]!r}, {name} {key!r})"
+        else:
+            return
+        _KEYING_WARNED.add((topic, "keying"))
+        log.warning(
+            "records of %r %s: evtime keeps state per partition, so a key found in several "
+            "partitions gets part of its windows, joins and state in each. Produce them with "
+            "their %r as the Kafka key (the default partitioner then keeps a key in one "
+            "partition); ignore this if the topic is partitioned by %r in another way",
+            topic,
+            problem,
+            name,
+            name,
+        )
 
     @staticmethod
     def _decode_bulk(

@@ -47,6 +47,8 @@ from evtime.time import Clock, SystemClock
 log = logging.getLogger("evtime.worker")
 
 TaskId = tuple[tuple[str, ...], int]
+KEY_CHECKS = 20
+"""Batches per opened task whose first record's Kafka key is checked against its key."""
 
 
 class Worker:
@@ -629,6 +631,7 @@ class Worker:
         group, partition = tid
         changelog = self._changelogs[group]
         task = PartitionTask(self.plan, group, partition, self.clock)
+        task.key_checks = KEY_CHECKS
         behind = any(task.offsets[t] < committed.get(t, 0) for t in group)
         if not task.restored or behind:
             start = int(task.db.get_meta("changelog_end") or 0) if task.restored else 0
@@ -647,6 +650,7 @@ class Worker:
                 # Reopened: the operators read their state (and what is persisted) at open.
                 task.close()
                 task = PartitionTask(self.plan, group, partition, self.clock)
+                task.key_checks = KEY_CHECKS
             self.restored_records += plan.applied
             took = time.monotonic() - started
             log.info(
