@@ -16,7 +16,7 @@ per delivery and per checkpoint (:class:`WorkerStats`), and everything else
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,74 +86,49 @@ class WorkerCollector(Collector):
         stats = w.stats
         app = w.plan.app_name
         now_ms = w.clock.now_ms()
+        counter, gauge = CounterMetricFamily, GaugeMetricFamily
 
-        records_in = CounterMetricFamily(
-            "evtime_records_in", "Records read, per input topic and partition",
-            labels=["app", "topic", "partition"],
-        )
-        for (topic, partition), n in sorted(stats.records_in.items()):
-            records_in.add_metric([app, topic, str(partition)], n)
-        yield records_in
+        yield _family(counter, "evtime_records_in", "Records read, per input topic and partition",
+                      app, ["topic", "partition"],
+                      [([t, str(p)], n) for (t, p), n in sorted(stats.records_in.items())])
+        yield _family(counter, "evtime_records_out", "Outputs handed to their sink, per output",
+                      app, ["output"], [([o], n) for o, n in sorted(stats.records_out.items())])
+        yield _family(counter, "evtime_dead_letters",
+                      "Records sent to the dead-letter output, per reason", app, ["reason"],
+                      [([r], n) for r, n in sorted(stats.dead_letters.items())])
 
-        records_out = CounterMetricFamily(
-            "evtime_records_out", "Outputs handed to their sink, per output",
-            labels=["app", "output"],
-        )
-        for output, n in sorted(stats.records_out.items()):
-            records_out.add_metric([app, output], n)
-        yield records_out
-
-        dead = CounterMetricFamily(
-            "evtime_dead_letters", "Records sent to the dead-letter output, per reason",
-            labels=["app", "reason"],
-        )
-        for reason, n in sorted(stats.dead_letters.items()):
-            dead.add_metric([app, reason], n)
-        yield dead
-
-        late = CounterMetricFamily(
-            "evtime_late_records", "Records behind the watermark (to the late output or the "
-            "dead letters)", labels=["app"],
-        )
-        late.add_metric([app], stats.late_records)
-        yield late
-
-        lag = GaugeMetricFamily(
-            "evtime_consumer_lag", "Records between a partition's next offset and the end of "
-            "the partition at the last fetch", labels=["app", "topic", "partition"],
-        )
+        lag: list[tuple[list[str], float]] = []
+        watermarks: list[tuple[list[str], float]] = []
+        delays: list[tuple[list[str], float]] = []
+        sizes: list[tuple[list[str], float]] = []
+        entries: list[tuple[list[str], float]] = []
         highwaters = w.highwaters()
-        watermark = GaugeMetricFamily(
-            "evtime_watermark_ms", "Watermark of a partition task (event time, ms since the "
-            "epoch)", labels=["app", "topics", "partition"],
-        )
-        delay = GaugeMetricFamily(
-            "evtime_watermark_delay_seconds", "How far a task's watermark is behind the wall "
-            "clock", labels=["app", "topics", "partition"],
-        )
-        state_bytes = GaugeMetricFamily(
-            "evtime_state_bytes", "RocksDB size of a task's state (SST files and memtables)",
-            labels=["app", "topics", "partition"],
-        )
-        state_keys = GaugeMetricFamily(
-            "evtime_state_keys", "RocksDB's estimate of the entries of a task's state",
-            labels=["app", "topics", "partition"],
-        )
         for task in list(w.tasks.values()):
-            topics, part = "+".join(task.group), str(task.partition)
+            labels = ["+".join(task.group), str(task.partition)]
             for topic in task.group:
                 end = highwaters.get((topic, task.partition))
                 if end is not None:
-                    lag.add_metric([app, topic, part], max(0, end - task.offsets[topic]))
+                    lag.append(([topic, labels[1]], max(0, end - task.offsets[topic])))
             wm = task.tracker.current
             if wm > -(2**62):  # no watermark before the first record
-                watermark.add_metric([app, topics, part], wm)
-                delay.add_metric([app, topics, part], max(0.0, (now_ms - wm) / 1000))
+                watermarks.append((labels, wm))
+                delays.append((labels, max(0.0, (now_ms - wm) / 1000)))
             if not task.db.closed:
                 size, keys = task.db.size()
-                state_bytes.add_metric([app, topics, part], size)
-                state_keys.add_metric([app, topics, part], keys)
-        yield from (lag, watermark, delay, state_bytes, state_keys)
+                sizes.append((labels, size))
+                entries.append((labels, keys))
+        yield _family(gauge, "evtime_consumer_lag", "Records between a partition's next offset "
+                      "and the end of the partition at the last fetch", app,
+                      ["topic", "partition"], lag)
+        task_labels = ["topics", "partition"]
+        yield _family(gauge, "evtime_watermark_ms", "Watermark of a partition task (event time, "
+                      "ms since the epoch)", app, task_labels, watermarks)
+        yield _family(gauge, "evtime_watermark_delay_seconds", "How far a task's watermark is "
+                      "behind the wall clock", app, task_labels, delays)
+        yield _family(gauge, "evtime_state_bytes", "RocksDB size of a task's state (SST files "
+                      "and memtables)", app, task_labels, sizes)
+        yield _family(gauge, "evtime_state_keys", "RocksDB's estimate of the entries of a "
+                      "task's state", app, task_labels, entries)
 
         checkpoints = SummaryMetricFamily(
             "evtime_checkpoint_seconds", "Checkpoints (flush, changelog, snapshot, commit) and "
@@ -161,24 +136,6 @@ class WorkerCollector(Collector):
         )
         checkpoints.add_metric([app], stats.checkpoint_count, stats.checkpoint_seconds)
         yield checkpoints
-        last = GaugeMetricFamily(
-            "evtime_checkpoint_last_seconds", "Duration of the last checkpoint", labels=["app"]
-        )
-        last.add_metric([app], stats.checkpoint_last_seconds)
-        yield last
-        changes = CounterMetricFamily(
-            "evtime_checkpoint_changes", "State entries written to the changelog by checkpoints",
-            labels=["app"],
-        )
-        changes.add_metric([app], stats.checkpoint_changes)
-        yield changes
-        last_changes = GaugeMetricFamily(
-            "evtime_checkpoint_last_changes", "State entries written by the last checkpoint",
-            labels=["app"],
-        )
-        last_changes.add_metric([app], stats.checkpoint_last_changes)
-        yield last_changes
-
         flushes = SummaryMetricFamily(
             "evtime_sink_flush_seconds", "Sink flushes (every write acknowledged) and the "
             "seconds they took, per sink", labels=["app", "sink"],
@@ -186,36 +143,48 @@ class WorkerCollector(Collector):
         for sink, (count, total) in sorted(stats.sink_flushes.items()):
             flushes.add_metric([app, sink], count, total)
         yield flushes
+        yield _family(counter, "evtime_loop_seconds", "Seconds the worker loop spent per phase",
+                      app, ["phase"], [([phase], t) for phase, t in w.timings.items()])
 
-        phases = CounterMetricFamily(
-            "evtime_loop_seconds", "Seconds the worker loop spent per phase",
-            labels=["app", "phase"],
-        )
-        for phase, seconds in w.timings.items():
-            phases.add_metric([app, phase], seconds)
-        yield phases
-
-        for name, help_, value in (
-            ("evtime_assigned_partitions", "Input partitions assigned to this worker",
+        for kind, name, help_, value in (
+            (counter, "evtime_late_records", "Records behind the watermark (to the late output "
+             "or the dead letters)", stats.late_records),
+            (gauge, "evtime_checkpoint_last_seconds", "Duration of the last checkpoint",
+             stats.checkpoint_last_seconds),
+            (counter, "evtime_checkpoint_changes", "State entries written to the changelog by "
+             "checkpoints", stats.checkpoint_changes),
+            (gauge, "evtime_checkpoint_last_changes", "State entries written by the last "
+             "checkpoint", stats.checkpoint_last_changes),
+            (gauge, "evtime_assigned_partitions", "Input partitions assigned to this worker",
              len(w.assigned())),
-            ("evtime_tasks", "Partition tasks open in this worker", len(w.tasks)),
-        ):
-            gauge = GaugeMetricFamily(name, help_, labels=["app"])
-            gauge.add_metric([app], value)
-            yield gauge
-        for name, help_, value in (
-            ("evtime_rebalances_assigned", "Partition assignments handled", w.assignments),
-            ("evtime_rebalances_revoked", "Partition revocations handled", w.revocations),
-            ("evtime_backpressure_pauses", "Times the partitions were paused for a slow sink",
-             w.pauses),
-            ("evtime_restored_records", "Changelog records applied by state restores",
+            (gauge, "evtime_tasks", "Partition tasks open in this worker", len(w.tasks)),
+            (counter, "evtime_rebalances_assigned", "Partition assignments handled",
+             w.assignments),
+            (counter, "evtime_rebalances_revoked", "Partition revocations handled",
+             w.revocations),
+            (counter, "evtime_backpressure_pauses", "Times the partitions were paused for a "
+             "slow sink", w.pauses),
+            (counter, "evtime_restored_records", "Changelog records applied by state restores",
              w.restored_records),
-            ("evtime_transactions_redone", "Exactly-once intervals processed again after "
-             "their transaction could not commit", w.redos),
+            (counter, "evtime_transactions_redone", "Exactly-once intervals processed again "
+             "after their transaction could not commit", w.redos),
         ):
-            counter = CounterMetricFamily(name, help_, labels=["app"])
-            counter.add_metric([app], value)
-            yield counter
+            yield _family(kind, name, help_, app, [], [([], value)])
+
+
+def _family(
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    help_: str,
+    app: str,
+    labels: list[str],
+    rows: Iterable[tuple[list[str], float]],
+) -> Metric:
+    """A metric family labelled ``app`` and ``labels``, with one sample per row."""
+    family = kind(name, help_, labels=["app", *labels])
+    for values, value in rows:
+        family.add_metric([app, *values], value)
+    return family
 
 
 class MetricsServer:
