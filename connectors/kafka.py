@@ -22,7 +22,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -36,7 +36,7 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
-from connectors.kafka_changelog import KafkaChangelog, partition_counts
+from connectors.kafka_changelog import KafkaChangelog, ensure_topic, partition_counts
 from connectors.kafka_fetch import lean_fetch
 from connectors.kafka_retry import (
     given_up,
@@ -49,6 +49,7 @@ from connectors.kafka_transaction import KafkaTransaction, TransactionalProducer
 from evtime.errors import ConfigError, EvtimeError
 from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP
+from evtime.operators.repartition import IDLE, ORIGIN_HEADER, ORIGINS_HEADER, WATERMARK_HEADER
 from evtime.records import DeadLetter, Output, RawRecord
 
 log = logging.getLogger("evtime.kafka")
@@ -101,6 +102,14 @@ class KafkaSource:
     def transaction(self, transactional_id: str) -> KafkaTransaction:
         """A transactional producer for one task (exactly-once)."""
         return KafkaTransaction(self.bootstrap, transactional_id)
+
+    def internal_source(self, topic: str) -> KafkaSource:
+        """The source of an internal topic (a repartition's) on this source's cluster."""
+        return replace(self, topic=topic)
+
+    def repartition_sink(self, topic: str) -> KafkaRepartitionSink:
+        """The sink that writes a repartition's internal topic on this source's cluster."""
+        return KafkaRepartitionSink(topic, self.bootstrap)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -378,10 +387,13 @@ class KafkaSink:
         ]
 
     async def _send(
-        self, records: list[_Rec], transaction: TransactionalProducer | None = None
+        self,
+        records: list[_Rec],
+        transaction: TransactionalProducer | None = None,
+        partitions: Sequence[int] | None = None,
     ) -> None:
-        """Produce ``records``; in a ``transaction`` delivery is checked by its commit, else
-        by :meth:`flush`."""
+        """Produce ``records`` (to ``partitions``, one each, if given; else by key); in a
+        ``transaction`` delivery is checked by its commit, else by :meth:`flush`."""
         if not records:
             return
         own = transaction is None
@@ -392,9 +404,11 @@ class KafkaSink:
         cache = self._key_partition
         if len(cache) > 100_000:
             cache.clear()
-        for rec in records:
+        for n, rec in enumerate(records):
             key, value, ts, headers = rec
-            if key is None:
+            if partitions is not None:
+                partition = partitions[n]
+            elif key is None:
                 partition = self._round_robin % count
                 self._round_robin += 1
             else:
@@ -513,3 +527,61 @@ class KafkaDeadLetterSink(KafkaSink):
     async def write_dead_in(self, producer: object, letters: Sequence[DeadLetter]) -> None:
         """Write dead letters in a task's open transaction (exactly-once)."""
         await self._send(self._dead_records(letters), _transactional(producer))
+
+
+class KafkaRepartitionSink(KafkaSink):
+    """The internal topic of ``app.repartition``: records as they came (their bytes), keyed
+    anew, each with its origin (source partition and offset); and watermark markers, one
+    per partition, that carry a source partition's watermark to every downstream task.
+
+    The topic is created by the worker (:meth:`ensure`) with append-time timestamps, so its
+    retention counts from when records were written, whatever their event times.
+    """
+
+    async def ensure(self, partitions: int) -> None:
+        """Create the topic with ``partitions`` partitions if it is missing (an existing one
+        must have as many)."""
+        await ensure_topic(
+            self._settings["bootstrap_servers"],
+            self.topic,
+            partitions,
+            {"message.timestamp.type": "LogAppendTime"},
+        )
+
+    @staticmethod
+    def _records(outputs: Sequence[Output]) -> list[_Rec]:
+        return [
+            (
+                _key_bytes(o.key),
+                o.value if isinstance(o.value, bytes) else orjson.dumps(o.value),
+                None,
+                [(ORIGIN_HEADER, o.id.encode())] if o.id is not None else [],
+            )
+            for o in outputs
+        ]
+
+    def _markers(self, origin: int, origins: int, watermark: int) -> tuple[list[_Rec], list[int]]:
+        headers = [
+            (ORIGIN_HEADER, str(origin).encode()),
+            (WATERMARK_HEADER, b"idle" if watermark == IDLE else str(watermark).encode()),
+            (ORIGINS_HEADER, str(origins).encode()),
+        ]
+        count = self._partition_count or 0
+        return [(None, b"", None, headers)] * count, list(range(count))
+
+    async def write_watermark(self, origin: int, origins: int, watermark: int) -> None:
+        """Tell every partition that source partition ``origin`` (of ``origins``) is at
+        ``watermark`` (after the records it sent before)."""
+        await self._partitions(await self._ensure())
+        records, partitions = self._markers(origin, origins, watermark)
+        await self._send(records, None, partitions)
+
+    async def write_watermark_in(
+        self, producer: object, origin: int, origins: int, watermark: int
+    ) -> None:
+        """:meth:`write_watermark` in a task's open transaction (exactly-once)."""
+        transaction = _transactional(producer)
+        await self._partitions(transaction.producer)
+        records, partitions = self._markers(origin, origins, watermark)
+        await self._send(records, transaction, partitions)
+

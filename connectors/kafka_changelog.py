@@ -71,6 +71,36 @@ async def partition_counts(bootstrap: str, topics: Sequence[str]) -> dict[str, i
     return await while_unreachable(f"reading the partition counts of {list(topics)}", attempt)
 
 
+async def ensure_topic(
+    bootstrap: str, topic: str, partitions: int, configs: dict[str, str]
+) -> None:
+    """Create ``topic`` with ``partitions`` partitions and ``configs`` if it is missing; an
+    existing one must have as many partitions (ConfigError). The broker is waited for."""
+
+    async def attempt() -> None:
+        async with _admin(bootstrap) as admin:
+            cluster = await admin.describe_cluster()
+            replicas = max(1, min(3, len(cluster.get("brokers") or [])))
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [NewTopic(topic, partitions, replicas, topic_configs=configs)]
+                )
+            for _ in range(100):
+                meta = await admin.describe_topics([topic])
+                found = meta[0].get("partitions") if meta else None
+                if found:
+                    if len(found) != partitions:
+                        raise ConfigError(
+                            f"topic {topic!r} has {len(found)} partitions, {partitions} are "
+                            "declared; delete it (and the app's state) or declare its count"
+                        )
+                    return
+                await asyncio.sleep(0.1)
+            raise ConfigError(f"topic {topic!r} was created but does not show up; try again")
+
+    await while_unreachable(f"creating the topic {topic!r}", attempt)
+
+
 class KafkaChangelog:
     """The changelog topic ``topic`` (created compacted, with ``partitions`` partitions)."""
 

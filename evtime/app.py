@@ -31,6 +31,7 @@ from evtime.errors import ConfigError
 from evtime.io import DeadLetterSink, Sink
 from evtime.operators.join import JoinInput, JoinSpec, JoinType
 from evtime.operators.process import ProcessContext, ProcessSpec, Timer
+from evtime.operators.repartition import RepartitionSpec
 from evtime.operators.window import WindowSpec
 from evtime.plan import Plan, SourceSpec
 from evtime.records import ErrorPolicy, Guarantee, Record, WindowResult
@@ -193,6 +194,68 @@ class App:
         )
         self.plan.sources[topic] = spec
         return SourceRef(spec)
+
+    def repartition(
+        self,
+        source: SourceRef | str,
+        key: KeySpec,
+        *,
+        name: str | None = None,
+        partitions: int | None = None,
+    ) -> SourceRef:
+        """Re-key a Kafka source through an internal topic partitioned by ``key``.
+
+        State is kept per partition, so a keyed operator needs its input partitioned by its
+        key. When a topic is not (records produced without that key), ``repartition`` sends
+        its records, as they are, to ``<app>-<name>-repartition`` (created with
+        ``partitions``, default the source's count), keyed by ``key`` (a value field or a
+        function of the value); the returned source reads that topic with the source's
+        timestamp and watermark settings. Watermarks cross the topic: downstream, it is the
+        minimum of the source partitions' watermarks. A record sent twice (a restart
+        resends what the last checkpoint did not cover) is processed once. The source
+        itself then feeds only the repartition.
+        """
+        topic = self._topic(source)
+        spec = self.plan.sources[topic]
+        connector = spec.connector
+        if not hasattr(connector, "repartition_sink") or not hasattr(connector, "internal_source"):
+            raise ConfigError(
+                f"repartition needs a Kafka source; {topic!r} reads {type(connector).__name__} "
+                "(partition a local source's records by key when writing them instead)"
+            )
+        if key is None:
+            raise ConfigError("repartition needs a key: a value field or a function of the value")
+        if spec.timestamp is None:
+            raise ConfigError(
+                f"repartition of {topic!r} needs the event time in the value: declare the "
+                "source with timestamp= a field or a function (the internal topic's record "
+                "timestamps are the times records were written)"
+            )
+        if partitions is not None and partitions < 1:
+            raise ConfigError(f"partitions={partitions}: give at least 1 (or None: the source's)")
+        key_name = key if isinstance(key, str) else getattr(key, "__name__", "key")
+        op_name = name or f"{topic}-by-{key_name}"
+        internal = f"{self.plan.app_name}-{op_name}-repartition"
+        if internal in self.plan.sources:
+            raise ConfigError(f"{topic!r} is repartitioned twice as {op_name!r}; pass name=...")
+        output = f"{op_name}/main"
+        self._add(RepartitionSpec(op_name, topic, internal, key, partitions, output))
+        # The source is decoded with the new key (a record without one is a dead letter).
+        self.plan.sources[topic] = SourceSpec(
+            topic, connector, key, spec.timestamp, spec.watermarks, spec.value_format
+        )
+        self.plan.sinks[output] = connector.repartition_sink(internal)
+        downstream = SourceSpec(
+            internal,
+            connector.internal_source(internal),
+            key,
+            spec.timestamp,
+            spec.watermarks,
+            spec.value_format,
+            origin=topic,
+        )
+        self.plan.sources[internal] = downstream
+        return SourceRef(downstream)
 
     def window(
         self,
@@ -401,7 +464,7 @@ class App:
         if late is not None and late_id is not None:
             self.plan.sinks[late_id] = late
 
-    def _add(self, spec: WindowSpec | ProcessSpec | JoinSpec) -> None:
+    def _add(self, spec: WindowSpec | ProcessSpec | JoinSpec | RepartitionSpec) -> None:
         if any(op.name == spec.name for op in self.plan.operators):
             raise ConfigError(f"an operator named {spec.name!r} exists; pass name=...")
         self.plan.operators.append(spec)

@@ -13,6 +13,7 @@ from evtime.errors import ConfigError
 from evtime.io import DeadLetterSink, Sink
 from evtime.operators.join import JoinSpec
 from evtime.operators.process import ProcessSpec
+from evtime.operators.repartition import RepartitionSpec
 from evtime.operators.window import WindowSpec
 from evtime.records import ErrorPolicy, Guarantee
 from evtime.serde import KeySpec, TimestampSpec, ValueFormat
@@ -29,9 +30,11 @@ class SourceSpec:
     timestamp: TimestampSpec
     watermarks: WatermarkStrategy
     value_format: ValueFormat = ValueFormat.JSON
+    origin: str | None = None
+    """For the internal topic of a repartition: the source topic its records come from."""
 
 
-OperatorSpec = WindowSpec | ProcessSpec | JoinSpec
+OperatorSpec = WindowSpec | ProcessSpec | JoinSpec | RepartitionSpec
 
 
 @dataclass(slots=True)
@@ -89,8 +92,15 @@ class Plan:
             raise ConfigError(
                 f"operator names must be unique, {dupes} are declared twice; pass name=..."
             )
+        repartitioned = {op.source: op for op in self.operators if isinstance(op, RepartitionSpec)}
         for op in self.operators:
             for topic in operator_sources(op):
+                if topic in repartitioned and op is not repartitioned[topic]:
+                    raise ConfigError(
+                        f"operator {op.name!r} reads {topic!r}, which is repartitioned into "
+                        f"{repartitioned[topic].topic!r}: read the source app.repartition "
+                        "returned instead"
+                    )
                 if topic not in self.sources:
                     raise ConfigError(
                         f"operator {op.name!r} reads {topic!r}, which is not a declared source; "

@@ -317,6 +317,13 @@ class WatermarkTracker:
                         self._recompute()
         return self._current
 
+    def advance(self, partition: Hashable, watermark: int, now_ms: int) -> int:
+        """Move ``partition``'s watermark up to ``watermark``, one that came with the input
+        (through a repartition topic) rather than from its records; return the task's."""
+        if watermark <= MIN_TIMESTAMP:
+            return self._current
+        return self.on_event(partition, watermark + self._delay, now_ms)
+
     def on_tick(self, now_ms: int) -> int:
         """Let wall-clock time pass without records; return the task watermark."""
         if self._order is not None:

@@ -26,16 +26,36 @@ from evtime.operators.join import JoinOperator, JoinSpec
 from evtime.operators.join import column_families as join_families
 from evtime.operators.process import ProcessOperator
 from evtime.operators.process import column_families as process_families
+from evtime.operators.repartition import (
+    ORIGIN_HEADER,
+    ORIGINS_HEADER,
+    WATERMARK_HEADER,
+    RepartitionOperator,
+    RepartitionSpec,
+)
 from evtime.operators.window import WindowSpec, make_window_operator
 from evtime.operators.window import column_families as window_families
 from evtime.plan import OperatorSpec, Plan, SourceSpec, operator_sources
 from evtime.records import Batch, DeadLetter, DeadLetterReason, KeyObj, Output, RawRecord
 from evtime.serde import ValueFormat, decode_value, key_getter, timestamp_getter
 from evtime.state import CommitStats, TaskDB
-from evtime.time import Clock
+from evtime.time import MIN_TIMESTAMP, Clock
 from evtime.watermarks import WatermarkTracker
 
 log = logging.getLogger("evtime.task")
+ORIGINS_STORE = "__origins__"
+
+
+def _minimum(state: dict[str, Any]) -> int:
+    """A repartitioned input's watermark: the least of its source partitions' that are not
+    idle (MIN until every one of them has sent a watermark or said it is idle)."""
+    entries = state["origins"].values()
+    reported = [e for e in entries if e[2] or e[1] > MIN_TIMESTAMP]
+    if not state["count"] or len(reported) < state["count"]:
+        return MIN_TIMESTAMP
+    active = [e[1] for e in reported if not e[2]]
+    least: int = min(active) if active else MIN_TIMESTAMP
+    return least
 _KEYING_WARNED: set[tuple[str, str]] = set()
 
 
@@ -50,6 +70,8 @@ def task_path(plan: Plan, group: tuple[str, ...], partition: int) -> Path:
 
 
 def _families(spec: OperatorSpec) -> list[str]:
+    if isinstance(spec, RepartitionSpec):
+        return []
     if isinstance(spec, WindowSpec):
         return window_families(spec)
     if isinstance(spec, JoinSpec):
@@ -89,6 +111,9 @@ class PartitionTask:
             )
         specs = plan.operators_of(group)
         families = [cf for s in specs for cf in _families(s)]
+        repartitioned = [t for t in group if plan.sources[t].origin is not None]
+        if repartitioned:
+            families.append(ORIGINS_STORE)
         self.db = TaskDB(task_path(plan, group, partition), families)
         self.collector = Collector(plan.policy)
         self.operators: list[Operator] = []
@@ -99,6 +124,8 @@ class PartitionTask:
                 op = make_window_operator(op_spec, self.db, self.collector, clock)
             elif isinstance(op_spec, JoinSpec):
                 op = JoinOperator(op_spec, self.db, self.collector, clock, partition)
+            elif isinstance(op_spec, RepartitionSpec):
+                op = RepartitionOperator(op_spec, self.collector)
             else:
                 op = ProcessOperator(op_spec, self.db, self.collector, clock)
             self.operators.append(op)
@@ -118,7 +145,15 @@ class PartitionTask:
                 spec.timestamp if isinstance(spec.timestamp, str) else None,
                 by_topic[topic],
             )
-        self._inline_watermarks = len(group) == 1 and self.tracker.strategy.idle_timeout is None
+        self._inline_watermarks = (
+            len(group) == 1
+            and self.tracker.strategy.idle_timeout is None
+            and not repartitioned
+        )
+        # Per repartitioned input: each source partition's watermark and last offset seen.
+        self._origins = self.db.store(ORIGINS_STORE) if repartitioned else None
+        # The watermark last sent through each repartition (written by the worker).
+        self.sent_watermark = MIN_TIMESTAMP
         self.offsets: dict[str, int] = {t: 0 for t in group}
         self.records_in = 0
         self.checkpoints = 0
@@ -161,6 +196,64 @@ class PartitionTask:
         them through the operators."""
         if not raws:
             return
+        if self._origins is not None and self.inputs[topic].spec.origin is not None:
+            self._process_repartitioned(topic, raws)
+        else:
+            self._process(topic, raws)
+
+    def _process_repartitioned(self, topic: str, raws: Sequence[RawRecord]) -> None:
+        """Records of a repartition topic: watermark markers move each source partition's
+        watermark (the input's is their minimum, once every source partition has sent one);
+        a record whose source offset was seen already is a resend, and is dropped."""
+        assert self._origins is not None
+        state = self._origins.get(topic) or {"count": 0, "origins": {}}
+        origins: dict[str, list[int]] = state["origins"]
+        derived = _minimum(state)
+        data: list[RawRecord] = []
+        given: list[int] = []
+        for raw in raws:
+            marker = origin = count = None
+            for name, header in raw.headers or ():
+                if name == ORIGIN_HEADER:
+                    origin = header
+                elif name == WATERMARK_HEADER:
+                    marker = header
+                elif name == ORIGINS_HEADER:
+                    count = header
+            if origin is None:
+                continue  # not written by a repartition: nothing to go by
+            if marker is not None:
+                entry = origins.setdefault(origin.decode(), [-1, MIN_TIMESTAMP, 0])
+                if marker == b"idle":
+                    entry[2] = 1
+                else:
+                    entry[1] = max(entry[1], int(marker))
+                    entry[2] = 0
+                state["count"] = max(state["count"], int(count or 0))
+                derived = _minimum(state)
+                continue
+            source, _, offset_text = origin.decode().partition(":")
+            offset = int(offset_text)
+            entry = origins.setdefault(source, [-1, MIN_TIMESTAMP, 0])
+            if offset <= entry[0]:
+                continue  # sent again after a restart of its source task: seen already
+            entry[0] = offset
+            data.append(raw)
+            given.append(derived)
+        if data:
+            self._process(topic, data, given)
+        self.offsets[topic] = raws[-1].offset + 1
+        self._origins.put(topic, state)
+        before = self.tracker.current
+        after = self.tracker.advance(self.inputs[topic].wm_partition, derived, self.clock.now_ms())
+        if after > before:
+            for op in self.operators:
+                op.on_watermark(after)
+
+    def _process(
+        self, topic: str, raws: Sequence[RawRecord], given: list[int] | None = None
+    ) -> None:
+        """``process``; ``given``: the input's watermark at each record (a repartition's)."""
         inp = self.inputs[topic]
         fmt = inp.spec.value_format
         json = fmt is ValueFormat.JSON
@@ -175,7 +268,7 @@ class PartitionTask:
         # One input partition and no idleness: the watermark after each record is
         # max(previous, ts - delay), computed inline; the tracker sees the batch's
         # maximum once at the end and must agree.
-        inline = self._inline_watermarks and not tracker.is_ended(wm_partition)
+        inline = self._inline_watermarks and not tracker.is_ended(wm_partition) and not given
         delay = tracker.strategy.max_out_of_orderness + 1
         on_event = tracker.on_event
         wm = watermark_before
@@ -226,6 +319,8 @@ class PartitionTask:
                     if ts - delay > wm:
                         wm = ts - delay
                 watermarks.append(wm)
+            elif given is not None:
+                watermarks.append(tracker.advance(wm_partition, given[n], now))
             else:
                 watermarks.append(on_event(wm_partition, ts, now))
         self.offsets[topic] = raws[-1].offset + 1
@@ -272,6 +367,8 @@ class PartitionTask:
         spec = self.inputs[topic].spec
         if spec.key is None or (topic, "keying") in _KEYING_WARNED:
             return
+        if any(isinstance(op, RepartitionOperator) for op in self.inputs[topic].operators):
+            return  # repartitioned: keyed otherwise on purpose
         name = spec.key if isinstance(spec.key, str) else getattr(spec.key, "__name__", "key")
         if raw.key is None:
             problem = "have no Kafka key, so producers spread them over the partitions"

@@ -35,6 +35,7 @@ from evtime.io import (
     TransactionalDeadLetterSink,
     TransactionalSink,
 )
+from evtime.operators.repartition import IDLE, RepartitionSpec
 from evtime.plan import Plan
 from evtime.records import Guarantee
 from evtime.runtime.changelog import marker_record, meta_record, plan_restore, state_record
@@ -42,7 +43,7 @@ from evtime.runtime.gc import tune_gc
 from evtime.runtime.local import close_sinks, deliver, flush_all
 from evtime.runtime.metrics import MetricsServer, WorkerStats, sink_names
 from evtime.runtime.task import PartitionTask, group_name
-from evtime.time import Clock, SystemClock
+from evtime.time import MIN_TIMESTAMP, Clock, SystemClock
 
 log = logging.getLogger("evtime.worker")
 
@@ -111,6 +112,11 @@ class Worker:
         self._source: GroupSource | None = None
         self._changelogs: dict[tuple[str, ...], Changelog] = {}
         self._txns: dict[TaskId, Transaction] = {}
+        self._repartitions = [op for op in plan.operators if isinstance(op, RepartitionSpec)]
+        self._repartitions_of: dict[tuple[str, ...], list[RepartitionSpec]] = {}
+        for rspec in self._repartitions:
+            self._repartitions_of.setdefault(self._group_of[rspec.source], []).append(rspec)
+        self._origin_counts: dict[str, int] = {}
         self.exactly_once = plan.guarantee is Guarantee.EXACTLY_ONCE
         self.timings: dict[str, float] = dict.fromkeys(
             ("startup", "poll", "process", "deliver", "checkpoint", "paused"), 0.0
@@ -153,6 +159,7 @@ class Worker:
                 await self.metrics.stop()
 
     async def _run(self, started: float) -> None:
+        await self._ensure_repartitions()
         await self._check_co_partitioned()
         for group in self.plan.groups():
             changelog = self._factory.changelog(
@@ -284,8 +291,8 @@ class Worker:
                 raise ConfigError(
                     f"topics {list(group)} are joined, so they must be co-partitioned, but "
                     f"their partition counts differ: {found}. Create them with equal "
-                    "partition counts (and the same key partitioning), or repartition one "
-                    f"into a topic with {max(counts.values())} partitions keyed like the other"
+                    "partition counts (and the same key partitioning), or repartition one: "
+                    f"app.repartition(source, key=..., partitions={max(counts.values())})"
                 )
 
     # -- observability ---------------------------------------------------------------
@@ -384,6 +391,7 @@ class Worker:
                 stats.late_records += task.collector.late_count
                 task.collector.late_count = 0
             if not (outputs or dead):
+                await self._send_watermarks(task)
                 continue
             for output_id, batch in outputs.items():
                 stats.records_out[output_id] = stats.records_out.get(output_id, 0) + len(batch)
@@ -393,6 +401,7 @@ class Worker:
             txn = self._txns.get((task.group, task.partition))
             if txn is None:
                 await deliver(self.plan, outputs, dead)
+                await self._send_watermarks(task)
                 continue
             # Exactly-once: Kafka sinks write inside the task's open transaction.
             for output_id, batch in outputs.items():
@@ -406,6 +415,39 @@ class Worker:
                 await dl.write_dead_in(txn.producer, dead)
             elif dead:
                 await deliver(self.plan, {}, dead)
+            await self._send_watermarks(task)
+
+    # -- repartitions ---------------------------------------------------------------------
+    async def _ensure_repartitions(self) -> None:
+        """Create each repartition's internal topic (its declared partition count, or its
+        source's) before the co-partitioning check and the changelogs need it."""
+        for spec in self._repartitions:
+            count = (await self._factory.partition_counts([spec.source]))[spec.source]
+            self._origin_counts[spec.source] = count
+            sink: Any = self.plan.sinks[spec.output]
+            await sink.ensure(spec.partitions or count)
+
+    async def _send_watermarks(self, task: PartitionTask) -> None:
+        """After a step's records of a repartitioned source partition, its watermark (or its
+        idleness) goes to every partition of the internal topic, behind those records."""
+        specs = self._repartitions_of.get(task.group)
+        if not specs:
+            return
+        tracker = task.tracker
+        for spec in specs:
+            source = (spec.source, task.partition)
+            idle = tracker.is_idle(source)
+            mark = IDLE if idle else tracker.current
+            if mark == task.sent_watermark or (mark != IDLE and mark <= MIN_TIMESTAMP):
+                continue
+            sink: Any = self.plan.sinks[spec.output]
+            count = self._origin_counts[spec.source]
+            txn = self._txns.get((task.group, task.partition))
+            if txn is None:
+                await sink.write_watermark(task.partition, count, mark)
+            else:
+                await sink.write_watermark_in(txn.producer, task.partition, count, mark)
+            task.sent_watermark = mark
 
     async def _checkpoint(self, tasks: list[PartitionTask]) -> None:
         """Checkpoint ``tasks`` (at-least-once).
