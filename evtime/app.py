@@ -223,6 +223,12 @@ class App:
                 f"repartition needs a Kafka source; {topic!r} reads {type(connector).__name__} "
                 "(partition a local source's records by key when writing them instead)"
             )
+        ops = self.plan.operators
+        if any(isinstance(op, RepartitionSpec) and op.source == topic for op in ops):
+            raise ConfigError(
+                f"{topic!r} is repartitioned already: a source is repartitioned once (its "
+                "records are decoded with the repartition's key)"
+            )
         if key is None:
             raise ConfigError("repartition needs a key: a value field or a function of the value")
         if spec.timestamp is None:

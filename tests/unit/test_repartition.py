@@ -157,6 +157,8 @@ def test_repartition_says_what_it_needs() -> None:
     events = app.source("in", _KafkaLike("in", 2), timestamp="ts")
     by_user = app.repartition(events, key="user")
     assert by_user.topic == "rp2-in-by-user-repartition"
+    with pytest.raises(ConfigError, match="repartitioned already"):
+        app.repartition(events, key="country", name="by-country")
 
     @app.window(events, Tumbling(SIZE), aggregate=Count(), sink=MemorySink())
     def direct(result: WindowResult) -> Any:
