@@ -211,9 +211,26 @@ class PartitionTask:
         derived = _minimum(state)
         data: list[RawRecord] = []
         given: list[int] = []
+        # A record's origin header is b"<source partition>:<offset>": the entries by prefix.
+        seen: dict[bytes, list[int]] = {}
         for raw in raws:
+            headers = raw.headers
+            if len(headers) == 1 and headers[0][0] == ORIGIN_HEADER:  # a record, not a marker
+                source, _, offset_text = headers[0][1].partition(b":")
+                entry = seen.get(source)
+                if entry is None:
+                    entry = seen[source] = origins.setdefault(
+                        source.decode(), [-1, MIN_TIMESTAMP, 0]
+                    )
+                offset = int(offset_text)
+                if offset <= entry[0]:
+                    continue  # sent again after a restart of its source task: seen already
+                entry[0] = offset
+                data.append(raw)
+                given.append(derived)
+                continue
             marker = origin = count = None
-            for name, header in raw.headers or ():
+            for name, header in headers or ():
                 if name == ORIGIN_HEADER:
                     origin = header
                 elif name == WATERMARK_HEADER:
@@ -232,9 +249,9 @@ class PartitionTask:
                 state["count"] = max(state["count"], int(count or 0))
                 derived = _minimum(state)
                 continue
-            source, _, offset_text = origin.decode().partition(":")
-            offset = int(offset_text)
-            entry = origins.setdefault(source, [-1, MIN_TIMESTAMP, 0])
+            name_, _, offset_text_ = origin.decode().partition(":")
+            offset = int(offset_text_)
+            entry = origins.setdefault(name_, [-1, MIN_TIMESTAMP, 0])
             if offset <= entry[0]:
                 continue  # sent again after a restart of its source task: seen already
             entry[0] = offset
@@ -268,7 +285,7 @@ class PartitionTask:
         # One input partition and no idleness: the watermark after each record is
         # max(previous, ts - delay), computed inline; the tracker sees the batch's
         # maximum once at the end and must agree.
-        inline = self._inline_watermarks and not tracker.is_ended(wm_partition) and not given
+        inline = self._inline_watermarks and not tracker.is_ended(wm_partition)
         delay = tracker.strategy.max_out_of_orderness + 1
         on_event = tracker.on_event
         wm = watermark_before
@@ -280,12 +297,23 @@ class PartitionTask:
         watermarks: list[int] = []
         bulk = (
             self._decode_bulk(raws, kf, tf, watermark_before, delay)
-            if inline and json and kf is not None and tf is not None
+            if (inline or given is not None) and json and kf is not None and tf is not None
             else None
         )
         if bulk is not None:
             keys, values, timestamps, watermarks = bulk
-            max_ts = max(timestamps)
+            if given is not None:
+                # The input's watermarks came with it: the task's follows them, a step at
+                # each change (given is non-decreasing, and changes only at markers).
+                watermarks = []
+                step: int | None = None
+                last = watermark_before
+                for mark in given:
+                    if mark != step:
+                        step, last = mark, tracker.advance(wm_partition, mark, now)
+                    watermarks.append(last)
+            else:
+                max_ts = max(timestamps)
             raws_iter: Sequence[RawRecord] = ()
         else:
             raws_iter = raws
