@@ -71,6 +71,7 @@ def test_repartitioned_window_equals_the_reference_through_kills(
     env = worker_env(unique_name, tmp_path)
     env["EVTIME_TEST_CHECKPOINT"] = "300ms"
     env["EVTIME_TEST_PROCESSING"] = processing
+    env["EVTIME_TEST_REPARTITION"] = "1"
     records = _stream(60_000, users=300, seed=21)
     expected = _reference(records)
     asyncio.run(
@@ -91,7 +92,7 @@ def test_repartitioned_window_equals_the_reference_through_kills(
     feeder.start()
     log = tmp_path / "worker.log"
     rng = random.Random(3)
-    proc = start_worker("repartition_job.py", env, log)
+    proc = start_worker("window_job.py", env, log)
     kills = 0
     try:
         while kills < 3:
@@ -100,7 +101,7 @@ def test_repartitioned_window_equals_the_reference_through_kills(
             proc.kill()
             proc.wait()
             kills += 1
-            proc = start_worker("repartition_job.py", env, log)
+            proc = start_worker("window_job.py", env, log)
     finally:
         feeder.join()
     isolation = "read_committed" if processing == "exactly_once" else "read_uncommitted"

@@ -1,4 +1,8 @@
-"""A keyed 10 s tumbling-window count from Kafka to Kafka, configured by env (for worker tests)."""
+"""A keyed 10 s tumbling-window count from Kafka to Kafka, configured by env (for worker tests).
+
+With ``EVTIME_TEST_REPARTITION`` set, the input topic is taken as not keyed by user (its
+records may have no key) and goes through ``app.repartition`` by user first.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import os
 
 from connectors.kafka import KafkaDeadLetterSink, KafkaSink, KafkaSource
 from evtime import App, Count, Tumbling, WindowResult
+
+REPARTITION = bool(os.environ.get("EVTIME_TEST_REPARTITION"))
 
 app = App(
     os.environ["EVTIME_TEST_APP"],
@@ -17,10 +23,12 @@ app = App(
 events = app.source(
     os.environ["EVTIME_TEST_IN"],
     KafkaSource(os.environ["EVTIME_TEST_IN"]),
-    key="user",
+    key=None if REPARTITION else "user",
     timestamp="ts",
     max_out_of_orderness="5s",
 )
+if REPARTITION:
+    events = app.repartition(events, key="user", name="by-user", partitions=3)
 
 
 @app.window(
