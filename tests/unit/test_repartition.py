@@ -6,6 +6,7 @@ resend counts once; an idle source partition stops holding the watermark back.""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from typing import Any
 
@@ -17,10 +18,11 @@ from hypothesis import strategies as st
 from connectors.local import MemorySink, MemorySource
 from evtime import App, Count, Tumbling, WindowResult
 from evtime.errors import ConfigError
-from evtime.operators.repartition import ORIGIN_HEADER, ORIGINS_HEADER, WATERMARK_HEADER
+from evtime.operators.repartition import IDLE, ORIGIN_HEADER, ORIGINS_HEADER, WATERMARK_HEADER
 from evtime.records import RawRecord
 from evtime.runtime.task import PartitionTask
 from evtime.time import ManualClock
+from tests.unit.memory_kafka import MemoryKafka
 
 SIZE = 1_000
 ORIGINS = 3
@@ -166,3 +168,69 @@ def test_repartition_says_what_it_needs() -> None:
 
     with pytest.raises(ConfigError, match=r"read the source app\.repartition returned"):
         app.plan.validate()
+
+
+def test_source_tasks_send_their_watermark_and_idleness_to_the_internal_topic() -> None:
+    """The worker side: after each step, a source task with records sends its watermark,
+    and one whose partition stays empty past idle_timeout says it is idle (else the
+    downstream watermark would wait for it for good)."""
+    class Internal:
+        def __init__(self) -> None:
+            self.outputs: list[Any] = []
+            self.marks: list[tuple[int, int, int]] = []
+
+        async def ensure(self, partitions: int) -> None:
+            self.partitions = partitions
+
+        async def write(self, outputs: Any) -> None:
+            self.outputs.extend(outputs)
+
+        async def write_watermark(self, origin: int, origins: int, watermark: int) -> None:
+            self.marks.append((origin, origins, watermark))
+
+        async def flush(self) -> None:
+            return None
+
+        async def close(self) -> None:
+            return None
+
+    internal = Internal()
+
+    class World(MemoryKafka):
+        def internal_source(self, topic: str) -> Any:
+            return self
+
+        def repartition_sink(self, topic: str) -> Any:
+            return internal
+
+    records = [RawRecord(i, None, orjson.dumps({"user": f"u{i % 3}", "ts": 1_000 * i}))
+               for i in range(20)]
+    world = World({0: records, 1: []}, 0)
+    clock = ManualClock(0)
+
+    async def run() -> None:
+        app = App("rp3", state_dir=tempfile.mkdtemp(), clock=clock)
+        events = app.source("in", world, timestamp="ts", idle_timeout="1s")  # type: ignore[arg-type]
+        by_user = app.repartition(events, key="user")
+
+        @app.window(by_user, Tumbling(SIZE), aggregate=Count(), sink=MemorySink())
+        def counts(result: WindowResult) -> Any:
+            return result.value
+
+        worker = app.worker(handle_signals=False, poll_ms=5)
+        task = asyncio.create_task(worker.run())
+        for _ in range(400):
+            await asyncio.sleep(0.005)
+            clock.advance(20)
+            if (1, 2, IDLE) in internal.marks and len(internal.outputs) == 20:
+                break
+        worker.stop()
+        await task
+
+    asyncio.run(run())
+    assert internal.partitions == 2  # the source's count
+    assert sorted(o.id for o in internal.outputs) == sorted(f"0:{i}" for i in range(20))
+    assert (1, 2, IDLE) in internal.marks  # partition 1 never had a record
+    # Partition 0's watermark after its records (then it goes idle too, once they end).
+    from_0 = [wm for origin, _, wm in internal.marks if origin == 0 and wm != IDLE]
+    assert from_0 and from_0 == sorted(from_0) and from_0[-1] == 19_000 - 1
