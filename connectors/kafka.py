@@ -401,6 +401,15 @@ class KafkaSink:
         count = await self._partitions(producer)
         batches: dict[int, Any] = {}
         kept: dict[int, list[_Rec]] = {}  # each open batch's records (own producer only)
+
+        def sent(partition: int, fut: Any) -> None:
+            # Delivery is awaited by flush (own producer: kept for a resend) or by the
+            # transaction's commit.
+            if transaction is None:
+                self._pending.append((partition, fut, kept[partition]))
+            else:
+                transaction.sent.append(fut)
+
         cache = self._key_partition
         if len(cache) > 100_000:
             cache.clear()
@@ -422,22 +431,14 @@ class KafkaSink:
                 batch = batches[partition] = producer.create_batch()
                 kept[partition] = []
             if batch.append(timestamp=ts, key=key, value=value, headers=headers) is None:
-                fut = await self._send_batch(producer, batch, partition)
-                if transaction is None:
-                    self._pending.append((partition, fut, kept[partition]))
-                else:
-                    transaction.sent.append(fut)
+                sent(partition, await self._send_batch(producer, batch, partition))
                 batch = batches[partition] = producer.create_batch()
                 kept[partition] = []
                 batch.append(timestamp=ts, key=key, value=value, headers=headers)
             if own:
                 kept[partition].append(rec)
         for partition, batch in batches.items():
-            fut = await self._send_batch(producer, batch, partition)
-            if transaction is None:
-                self._pending.append((partition, fut, kept[partition]))
-            else:
-                transaction.sent.append(fut)
+            sent(partition, await self._send_batch(producer, batch, partition))
 
     async def _send_batch(self, producer: AIOKafkaProducer, batch: Any, partition: int) -> Any:
         # aiokafka queues a partition's batch only once the previous one is drained: while

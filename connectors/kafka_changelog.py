@@ -71,6 +71,33 @@ async def partition_counts(bootstrap: str, topics: Sequence[str]) -> dict[str, i
     return await while_unreachable(f"reading the partition counts of {list(topics)}", attempt)
 
 
+async def _create_topic(
+    admin: AIOKafkaAdminClient,
+    topic: str,
+    partitions: int,
+    configs: dict[str, str],
+    mismatch: str,
+) -> None:
+    """Create ``topic`` if it is missing and wait until it shows up; an existing one with
+    another partition count is a ConfigError (``mismatch``: what to do about it)."""
+    cluster = await admin.describe_cluster()
+    replicas = max(1, min(3, len(cluster.get("brokers") or [])))
+    with contextlib.suppress(TopicAlreadyExistsError):
+        await admin.create_topics([NewTopic(topic, partitions, replicas, topic_configs=configs)])
+    for _ in range(100):
+        meta = await admin.describe_topics([topic])
+        found = meta[0].get("partitions") if meta else None
+        if found:
+            if len(found) != partitions:
+                raise ConfigError(
+                    f"topic {topic!r} has {len(found)} partitions, {partitions} are needed; "
+                    f"{mismatch}"
+                )
+            return
+        await asyncio.sleep(0.1)
+    raise ConfigError(f"topic {topic!r} was created but does not show up; try again")
+
+
 async def ensure_topic(
     bootstrap: str, topic: str, partitions: int, configs: dict[str, str]
 ) -> None:
@@ -79,24 +106,10 @@ async def ensure_topic(
 
     async def attempt() -> None:
         async with _admin(bootstrap) as admin:
-            cluster = await admin.describe_cluster()
-            replicas = max(1, min(3, len(cluster.get("brokers") or [])))
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [NewTopic(topic, partitions, replicas, topic_configs=configs)]
-                )
-            for _ in range(100):
-                meta = await admin.describe_topics([topic])
-                found = meta[0].get("partitions") if meta else None
-                if found:
-                    if len(found) != partitions:
-                        raise ConfigError(
-                            f"topic {topic!r} has {len(found)} partitions, {partitions} are "
-                            "declared; delete it (and the app's state) or declare its count"
-                        )
-                    return
-                await asyncio.sleep(0.1)
-            raise ConfigError(f"topic {topic!r} was created but does not show up; try again")
+            await _create_topic(
+                admin, topic, partitions, configs,
+                "delete it (and the app's state) or declare its partition count",
+            )
 
     await while_unreachable(f"creating the topic {topic!r}", attempt)
 
@@ -122,37 +135,19 @@ class KafkaChangelog:
     async def _ensure(self, source_topic: str) -> None:
         async with _admin(self.bootstrap) as admin:
             partitions = await _partition_count(admin, source_topic)
-            cluster = await admin.describe_cluster()
-            replicas = max(1, min(3, len(cluster.get("brokers") or [])))
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [
-                        NewTopic(
-                            self.topic,
-                            num_partitions=partitions,
-                            replication_factor=replicas,
-                            topic_configs={
-                                "cleanup.policy": "compact",
-                                # Keep recent records uncompacted for an hour: a restore
-                                # may still need a checkpoint's older values (see
-                                # evtime/runtime/changelog.py).
-                                "min.compaction.lag.ms": "3600000",
-                            },
-                        )
-                    ]
-                )
-            for _ in range(100):
-                meta = await admin.describe_topics([self.topic])
-                found = meta[0].get("partitions") if meta else None
-                if found:
-                    if len(found) != partitions:
-                        raise ConfigError(
-                            f"changelog topic {self.topic!r} has {len(found)} partitions, the "
-                            f"source has {partitions}; delete the changelog topic (and the "
-                            "state) or restore the source's partition count"
-                        )
-                    return
-                await asyncio.sleep(0.1)
+            await _create_topic(
+                admin,
+                self.topic,
+                partitions,
+                {
+                    "cleanup.policy": "compact",
+                    # Keep recent records uncompacted for an hour: a restore may still need
+                    # a checkpoint's older values (see evtime/runtime/changelog.py).
+                    "min.compaction.lag.ms": "3600000",
+                },
+                f"the source {source_topic!r} has {partitions}: delete the changelog topic "
+                "(and the state) or restore the source's partition count",
+            )
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:

@@ -93,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _supervise(args: argparse.Namespace, app: Any) -> int:
+    from evtime.runtime.metrics import configured_port
     from evtime.supervisor import Supervisor
 
     if not app.on_kafka:
@@ -102,23 +103,12 @@ def _supervise(args: argparse.Namespace, app: Any) -> int:
         args.processes,
         app.plan.state_dir,
         instance_id=args.instance_id or os.environ.get("EVTIME_INSTANCE_ID"),
-        metrics_port=_metrics_port(args),
+        metrics_port=configured_port(args.metrics_port),
         metrics_host=args.metrics_host or os.environ.get("EVTIME_METRICS_HOST"),
         verbose=args.verbose,
     )
     code: int = asyncio.run(supervisor.run())
     return code
-
-
-def _metrics_port(args: argparse.Namespace) -> int | None:
-    if args.metrics_port is not None:
-        port: int = args.metrics_port
-        return port
-    env = os.environ.get("EVTIME_METRICS_PORT")
-    try:
-        return int(env) if env else None
-    except ValueError:
-        raise ConfigError(f"EVTIME_METRICS_PORT is {env!r}: give a port number") from None
 
 
 def _demo(args: argparse.Namespace) -> int:

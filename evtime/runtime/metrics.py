@@ -16,6 +16,7 @@ per delivery and per checkpoint (:class:`WorkerStats`), and everything else
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from evtime.errors import ConfigError
 from evtime.io import TopicPartition
 
 if TYPE_CHECKING:
@@ -62,6 +64,19 @@ class WorkerStats:
     def flushed(self, sink: str, seconds: float) -> None:
         count, total = self.sink_flushes.get(sink, (0, 0.0))
         self.sink_flushes[sink] = (count + 1, total + seconds)
+
+
+def configured_port(port: int | None) -> int | None:
+    """The metrics port: ``port`` if given, else ``EVTIME_METRICS_PORT``; None: not served."""
+    if port is not None:
+        return port
+    text = os.environ.get("EVTIME_METRICS_PORT", "")
+    try:
+        return int(text) if text else None
+    except ValueError:
+        raise ConfigError(
+            f"EVTIME_METRICS_PORT is {text!r}: give a port number (0: any free port)"
+        ) from None
 
 
 def sink_names(worker: Worker) -> dict[int, str]:

@@ -56,6 +56,8 @@ def _minimum(state: dict[str, Any]) -> int:
     active = [e[1] for e in reported if not e[2]]
     least: int = min(active) if active else MIN_TIMESTAMP
     return least
+
+
 _KEYING_WARNED: set[tuple[str, str]] = set()
 
 
@@ -211,36 +213,30 @@ class PartitionTask:
         derived = _minimum(state)
         data: list[RawRecord] = []
         given: list[int] = []
-        # A record's origin header is b"<source partition>:<offset>": the entries by prefix.
+        # Each source partition's entry, by the prefix of the origin header: a record's is
+        # b"<source partition>:<offset>", a marker's b"<source partition>".
         seen: dict[bytes, list[int]] = {}
         for raw in raws:
             headers = raw.headers
-            if len(headers) == 1 and headers[0][0] == ORIGIN_HEADER:  # a record, not a marker
-                source, _, offset_text = headers[0][1].partition(b":")
-                entry = seen.get(source)
-                if entry is None:
-                    entry = seen[source] = origins.setdefault(
-                        source.decode(), [-1, MIN_TIMESTAMP, 0]
-                    )
-                offset = int(offset_text)
-                if offset <= entry[0]:
-                    continue  # sent again after a restart of its source task: seen already
-                entry[0] = offset
-                data.append(raw)
-                given.append(derived)
-                continue
-            marker = origin = count = None
-            for name, header in headers or ():
-                if name == ORIGIN_HEADER:
-                    origin = header
-                elif name == WATERMARK_HEADER:
-                    marker = header
-                elif name == ORIGINS_HEADER:
-                    count = header
+            origin = marker = count = None
+            if len(headers) == 1:  # a record: its origin only
+                if headers[0][0] == ORIGIN_HEADER:
+                    origin = headers[0][1]
+            else:
+                for name, header in headers:
+                    if name == ORIGIN_HEADER:
+                        origin = header
+                    elif name == WATERMARK_HEADER:
+                        marker = header
+                    elif name == ORIGINS_HEADER:
+                        count = header
             if origin is None:
                 continue  # not written by a repartition: nothing to go by
+            source, _, offset_text = origin.partition(b":")
+            entry = seen.get(source)
+            if entry is None:
+                entry = seen[source] = origins.setdefault(source.decode(), [-1, MIN_TIMESTAMP, 0])
             if marker is not None:
-                entry = origins.setdefault(origin.decode(), [-1, MIN_TIMESTAMP, 0])
                 if marker == b"idle":
                     entry[2] = 1
                 else:
@@ -249,9 +245,7 @@ class PartitionTask:
                 state["count"] = max(state["count"], int(count or 0))
                 derived = _minimum(state)
                 continue
-            name_, _, offset_text_ = origin.decode().partition(":")
-            offset = int(offset_text_)
-            entry = origins.setdefault(name_, [-1, MIN_TIMESTAMP, 0])
+            offset = int(offset_text)
             if offset <= entry[0]:
                 continue  # sent again after a restart of its source task: seen already
             entry[0] = offset

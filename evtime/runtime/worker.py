@@ -41,7 +41,7 @@ from evtime.records import Guarantee
 from evtime.runtime.changelog import marker_record, meta_record, plan_restore, state_record
 from evtime.runtime.gc import tune_gc
 from evtime.runtime.local import close_sinks, deliver, flush_all
-from evtime.runtime.metrics import MetricsServer, WorkerStats, sink_names
+from evtime.runtime.metrics import MetricsServer, WorkerStats, configured_port, sink_names
 from evtime.runtime.task import PartitionTask, group_name
 from evtime.time import MIN_TIMESTAMP, Clock, SystemClock
 
@@ -80,13 +80,7 @@ class Worker:
         self.pause_after_ms = pause_after_ms
         self.handle_signals = handle_signals
         # /metrics and /healthz (evtime/runtime/metrics.py): off unless a port is given.
-        port = os.environ.get("EVTIME_METRICS_PORT") if metrics_port is None else metrics_port
-        try:
-            self.metrics_port = None if port in (None, "") else int(port)
-        except ValueError:
-            raise ConfigError(
-                f"EVTIME_METRICS_PORT is {port!r}: give a port number (0: any free port)"
-            ) from None
+        self.metrics_port = configured_port(metrics_port)
         self.metrics_host = metrics_host or os.environ.get("EVTIME_METRICS_HOST") or "0.0.0.0"
         self.metrics: MetricsServer | None = None
         self.stats = WorkerStats()
@@ -390,32 +384,35 @@ class Worker:
             if task.collector.late_count:
                 stats.late_records += task.collector.late_count
                 task.collector.late_count = 0
-            if not (outputs or dead):
-                await self._send_watermarks(task)
-                continue
-            for output_id, batch in outputs.items():
-                stats.records_out[output_id] = stats.records_out.get(output_id, 0) + len(batch)
-            for letter in dead:
-                reason = letter.reason.value
-                stats.dead_letters[reason] = stats.dead_letters.get(reason, 0) + 1
-            txn = self._txns.get((task.group, task.partition))
-            if txn is None:
-                await deliver(self.plan, outputs, dead)
-                await self._send_watermarks(task)
-                continue
-            # Exactly-once: Kafka sinks write inside the task's open transaction.
-            for output_id, batch in outputs.items():
-                sink = self.plan.sinks[output_id]
-                if isinstance(sink, TransactionalSink):
-                    await sink.write_in(txn.producer, batch)
-                else:
-                    await sink.write(batch)
-            dl = self.plan.dead_letter
-            if dead and isinstance(dl, TransactionalDeadLetterSink):
-                await dl.write_dead_in(txn.producer, dead)
-            elif dead:
-                await deliver(self.plan, {}, dead)
+            if outputs or dead:
+                for output_id, batch in outputs.items():
+                    stats.records_out[output_id] = stats.records_out.get(output_id, 0) + len(batch)
+                for letter in dead:
+                    reason = letter.reason.value
+                    stats.dead_letters[reason] = stats.dead_letters.get(reason, 0) + 1
+                await self._write(task, outputs, dead)
             await self._send_watermarks(task)
+
+    async def _write(
+        self, task: PartitionTask, outputs: dict[str, list[Any]], dead: list[Any]
+    ) -> None:
+        """Hand a task's outputs and dead letters to their sinks."""
+        txn = self._txns.get((task.group, task.partition))
+        if txn is None:
+            await deliver(self.plan, outputs, dead)
+            return
+        # Exactly-once: Kafka sinks write inside the task's open transaction.
+        for output_id, batch in outputs.items():
+            sink = self.plan.sinks[output_id]
+            if isinstance(sink, TransactionalSink):
+                await sink.write_in(txn.producer, batch)
+            else:
+                await sink.write(batch)
+        dl = self.plan.dead_letter
+        if dead and isinstance(dl, TransactionalDeadLetterSink):
+            await dl.write_dead_in(txn.producer, dead)
+        elif dead:
+            await deliver(self.plan, {}, dead)
 
     # -- repartitions ---------------------------------------------------------------------
     async def _ensure_repartitions(self) -> None:
@@ -673,7 +670,6 @@ class Worker:
         group, partition = tid
         changelog = self._changelogs[group]
         task = PartitionTask(self.plan, group, partition, self.clock)
-        task.key_checks = KEY_CHECKS
         behind = any(task.offsets[t] < committed.get(t, 0) for t in group)
         if not task.restored or behind:
             start = int(task.db.get_meta("changelog_end") or 0) if task.restored else 0
@@ -692,7 +688,6 @@ class Worker:
                 # Reopened: the operators read their state (and what is persisted) at open.
                 task.close()
                 task = PartitionTask(self.plan, group, partition, self.clock)
-                task.key_checks = KEY_CHECKS
             self.restored_records += plan.applied
             took = time.monotonic() - started
             log.info(
@@ -715,6 +710,7 @@ class Worker:
                 task.offsets,
                 committed,
             )
+        task.key_checks = KEY_CHECKS
         return task
 
 
