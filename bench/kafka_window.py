@@ -33,9 +33,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from connectors.kafka import KafkaSink, KafkaSource, default_bootstrap
-from connectors.kafka_fetch import lean_fetch
 from evtime import App, Sum, Tumbling, WindowResult
+from evtime.connectors.kafka import KafkaSink, KafkaSource, default_bootstrap
+from evtime.connectors.kafka_fetch import lean_fetch
 from evtime.runtime.gc import tune_gc
 
 

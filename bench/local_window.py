@@ -23,8 +23,8 @@ import tempfile
 import time
 from typing import Any
 
-from connectors.local import MemorySink, MemorySource
 from evtime import App, Sum, Tumbling
+from evtime.connectors.local import MemorySink, MemorySource
 from evtime.runtime.gc import tune_gc
 
 SIZE = 10_000

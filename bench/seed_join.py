@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # examples/ and tests/ are not installed packages
 
-from connectors.elasticsearch import ElasticsearchSink, default_url  # noqa: E402
-from connectors.kafka import default_bootstrap  # noqa: E402
+from evtime.connectors.elasticsearch import ElasticsearchSink, default_url  # noqa: E402
+from evtime.connectors.kafka import default_bootstrap  # noqa: E402
 from examples.seed_join import build_app, parse_args  # noqa: E402
 from tests.integration.seed_helpers import (  # noqa: E402
     PARTITIONS,

@@ -59,7 +59,7 @@ from typing import Any
 
 import orjson
 
-from connectors.elasticsearch_bulk import (
+from evtime.connectors.elasticsearch_bulk import (
     BulkAction,
     ClusterInfo,
     Outcome,
@@ -73,7 +73,7 @@ from connectors.elasticsearch_bulk import (
     parse_cluster_info,
     to_resend,
 )
-from connectors.elasticsearch_http import (
+from evtime.connectors.elasticsearch_http import (
     RETRIABLE,
     Backoff,
     Connection,

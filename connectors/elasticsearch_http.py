@@ -20,7 +20,7 @@ from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import aiohttp
 
-from connectors.elasticsearch_bulk import backoff_delay
+from evtime.connectors.elasticsearch_bulk import backoff_delay
 from evtime.errors import ConfigError, SinkError
 
 log = logging.getLogger("evtime.elasticsearch")

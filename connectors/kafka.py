@@ -36,16 +36,16 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
-from connectors.kafka_changelog import KafkaChangelog, ensure_topic, partition_counts
-from connectors.kafka_fetch import lean_fetch
-from connectors.kafka_retry import (
+from evtime.connectors.kafka_changelog import KafkaChangelog, ensure_topic, partition_counts
+from evtime.connectors.kafka_fetch import lean_fetch
+from evtime.connectors.kafka_retry import (
     given_up,
     producer_overrides,
     started,
     stopped,
     while_unreachable,
 )
-from connectors.kafka_transaction import KafkaTransaction, TransactionalProducer
+from evtime.connectors.kafka_transaction import KafkaTransaction, TransactionalProducer
 from evtime.errors import ConfigError, EvtimeError
 from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP

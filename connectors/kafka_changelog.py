@@ -20,15 +20,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from connectors.kafka_fetch import lean_fetch
-from connectors.kafka_retry import (
+from evtime.connectors.kafka_fetch import lean_fetch
+from evtime.connectors.kafka_retry import (
     given_up,
     producer_overrides,
     started,
     stopped,
     while_unreachable,
 )
-from connectors.kafka_transaction import TransactionalProducer
+from evtime.connectors.kafka_transaction import TransactionalProducer
 from evtime.errors import ConfigError, TransactionFailedError
 from evtime.records import ChangelogRecord
 from evtime.runtime.changelog import CHECKPOINT_HEADER, EPOCH_HEADER

@@ -13,7 +13,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
 
-from connectors.kafka_retry import producer_overrides, while_unreachable
+from evtime.connectors.kafka_retry import producer_overrides, while_unreachable
 from evtime.errors import TransactionFailedError
 from evtime.io import TopicPartition as TP
 

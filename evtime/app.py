@@ -1,7 +1,7 @@
 """The decorator API: declare sources and operators, then run.
 
 >>> from evtime import App, Tumbling, Sum
->>> from connectors.local import MemorySource, MemorySink
+>>> from evtime.connectors.local import MemorySource, MemorySink
 >>> app = App("orders", state_dir=getfixture("tmp_path"))
 >>> orders = app.source("orders", MemorySource.of("orders", [
 ...     {"user": "ann", "amount": 3, "ts": 1_000},
@@ -150,7 +150,7 @@ class App:
             batch_size,
         )
         if dead_letter is None:
-            from connectors.local import JsonLinesSink
+            from evtime.connectors.local import JsonLinesSink
 
             dead_letter = JsonLinesSink(Path(state_dir) / name / "dead-letters.jsonl")
         self.plan.dead_letter = dead_letter
@@ -371,7 +371,7 @@ class App:
         The inputs are two co-partitioned sources (same key, same partitions),
         or two event types of one source, split by ``where``:
 
-        >>> from connectors.local import MemorySource, MemorySink
+        >>> from evtime.connectors.local import MemorySource, MemorySink
         >>> app = App("pairs", state_dir=getfixture("tmp_path"))
         >>> events = app.source("events", MemorySource.of("events", [
         ...     {"type": "A", "id": "k1", "ts": 0},
@@ -531,6 +531,6 @@ def _predicate(source: SourceRef | str) -> Callable[[Any], Any] | None:
 
 
 def _stdout() -> Sink:
-    from connectors.local import StdoutSink
+    from evtime.connectors.local import StdoutSink
 
     return StdoutSink()

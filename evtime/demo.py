@@ -53,7 +53,7 @@ from typing import Any
 
 import orjson
 
-from connectors.local import partition_for
+from evtime.connectors.local import partition_for
 from evtime.errors import ConfigError, EvtimeError
 from evtime.services_build import tail
 from evtime.time import to_millis
@@ -503,8 +503,8 @@ async def _dead_letter_reasons(bootstrap: str, topic: str) -> Counter[str]:
 # -- on the embedded engine --------------------------------------------------------------
 def run_embedded(args: argparse.Namespace, stream: Stream, work: Path) -> int:
     """The same join on the embedded engine: JSON-lines files in, a JSON-lines sink out."""
-    from connectors.local import JsonLinesSink, JsonLinesSource
     from evtime.app import App
+    from evtime.connectors.local import JsonLinesSink, JsonLinesSource
 
     seed_join = load_seed_join()
     paths = [work / f"events-{p}.jsonl" for p in range(args.partitions)]

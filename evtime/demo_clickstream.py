@@ -27,9 +27,9 @@ from typing import Any
 
 import orjson
 
-from connectors.local import JsonLinesSink, JsonLinesSource, partition_for
 from evtime.aggregates import Count, First, Last, Multi
 from evtime.app import App
+from evtime.connectors.local import JsonLinesSink, JsonLinesSource, partition_for
 from evtime.operators.process import ProcessContext, Timer
 from evtime.records import Record, WindowResult
 from evtime.time import MIN_TIMESTAMP

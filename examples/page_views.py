@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from connectors.local import JsonLinesSource, StdoutSink
 from evtime import App, Count, Tumbling, WindowResult
+from evtime.connectors.local import JsonLinesSource, StdoutSink
 
 INPUT = Path(os.environ.get("EVTIME_INPUT", Path(__file__).with_name("clicks.jsonl")))
 

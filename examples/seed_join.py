@@ -26,10 +26,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from connectors.elasticsearch import ElasticsearchSink
-from connectors.kafka import KafkaDeadLetterSink, KafkaSource
 from evtime import App
 from evtime.app import SourceRef
+from evtime.connectors.elasticsearch import ElasticsearchSink
+from evtime.connectors.kafka import KafkaDeadLetterSink, KafkaSource
 from evtime.io import Sink
 from evtime.records import JoinKind, JoinResult
 

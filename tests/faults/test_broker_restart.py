@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from connectors.kafka import KafkaSink
 from evtime import services
+from evtime.connectors.kafka import KafkaSink
 from evtime.records import Output
 from evtime.services import ServicesConfig
 from tests.integration.kafka_helpers import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.kafka import KafkaSource
+from evtime.connectors.kafka import KafkaSource
 from evtime.errors import EvtimeError
 from evtime.io import TopicPartition
 from tests.integration.kafka_helpers import create_topics

@@ -24,7 +24,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from connectors.local import partition_for
+from evtime.connectors.local import partition_for
 from tests.integration.kafka_helpers import create_topics, produce
 from tests.unit.join_reference import MIN_TS, Event, JoinConfig, one_topic_events, run_events
 

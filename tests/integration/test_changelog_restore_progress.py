@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from connectors.kafka_changelog import KafkaChangelog
+from evtime.connectors.kafka_changelog import KafkaChangelog
 from tests.integration.kafka_helpers import create_topics
 
 pytestmark = pytest.mark.kafka

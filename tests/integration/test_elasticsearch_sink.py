@@ -27,9 +27,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from connectors.elasticsearch import BulkAction, ElasticsearchSink, Product
-from connectors.local import MemorySink, MemorySource
 from evtime import App, Count, Tumbling
+from evtime.connectors.elasticsearch import BulkAction, ElasticsearchSink, Product
+from evtime.connectors.local import MemorySink, MemorySource
 from evtime.errors import SinkError
 from evtime.records import DeadLetterReason, Output
 

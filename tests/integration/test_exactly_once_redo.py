@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaTimeoutError
 
-from connectors.kafka import KafkaDeadLetterSink, KafkaSink, KafkaSource
 from evtime import App, Count, Tumbling, WindowResult
+from evtime.connectors.kafka import KafkaDeadLetterSink, KafkaSink, KafkaSource
 from tests.integration.kafka_helpers import (
     check_windows,
     consume_all,

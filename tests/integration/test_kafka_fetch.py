@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connectors.kafka_fetch import lean_fetch, supported
+from evtime.connectors.kafka_fetch import lean_fetch, supported
 from tests.integration.kafka_helpers import create_topics
 
 PARTITIONS = 2

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from connectors.kafka import KafkaGroupSource, KafkaSource
 from evtime import App, Count, Tumbling, WindowResult
+from evtime.connectors.kafka import KafkaGroupSource, KafkaSource
 from evtime.records import Output
 from evtime.runtime.worker import Worker
 from tests.integration.kafka_helpers import (

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from connectors.kafka import KafkaSource
-from connectors.local import MemorySink
 from evtime import App
+from evtime.connectors.kafka import KafkaSource
+from evtime.connectors.local import MemorySink
 from evtime.errors import ConfigError
 from evtime.runtime.worker import Worker
 from tests.integration.kafka_helpers import create_topics

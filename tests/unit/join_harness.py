@@ -10,7 +10,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from connectors.local import MemorySink, MemorySource, partition_for
 from evtime import (
     App,
     DeadLetter,
@@ -19,6 +18,7 @@ from evtime import (
     ManualClock,
     Output,
 )
+from evtime.connectors.local import MemorySink, MemorySource, partition_for
 from evtime.operators.join import JoinOperator
 from evtime.runtime.local import LocalRunner
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.local import partition_for
+from evtime.connectors.local import partition_for
 
 MIN_TS = -(2**63)
 MAX_TS = 2**63 - 1

@@ -16,7 +16,6 @@ import orjson
 import pytest
 
 import evtime.app
-from connectors.local import MemorySink, MemorySource
 from evtime import (
     App,
     ConfigError,
@@ -32,6 +31,7 @@ from evtime import (
     WindowResult,
 )
 from evtime.cli import load_app, main
+from evtime.connectors.local import MemorySink, MemorySource
 
 
 def make_app(tmp_path: Path, **kw: Any) -> App:
@@ -295,7 +295,7 @@ def test_the_module_docstring_example_works(tmp_path: Path) -> None:
 JOB = """
 from pathlib import Path
 
-from connectors.local import JsonLinesSink, JsonLinesSource
+from evtime.connectors.local import JsonLinesSink, JsonLinesSource
 from evtime import App, Count, Tumbling
 
 HERE = Path(__file__).parent

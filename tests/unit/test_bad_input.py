@@ -23,7 +23,6 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from connectors.local import JsonLinesSource, MemorySink, MemorySource
 from evtime import (
     App,
     DeadLetterReason,
@@ -34,6 +33,7 @@ from evtime import (
     Tumbling,
     WindowResult,
 )
+from evtime.connectors.local import JsonLinesSource, MemorySink, MemorySource
 from evtime.errors import DeadLetterPolicyError
 
 D = DeadLetterReason

@@ -10,8 +10,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.local import MemorySink, MemorySource
 from evtime import App, Collect, Tumbling, WindowResult
+from evtime.connectors.local import MemorySink, MemorySource
 
 events = st.lists(
     st.fixed_dictionaries(

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.elasticsearch import ElasticsearchSink, default_url
-from connectors.elasticsearch_bulk import (
+from evtime.connectors.elasticsearch import ElasticsearchSink, default_url
+from evtime.connectors.elasticsearch_bulk import (
     BulkAction,
     ClusterInfo,
     Outcome,

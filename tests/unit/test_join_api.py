@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 import evtime.app
-from connectors.local import MemorySink, MemorySource
 from evtime import (
     App,
     ConfigError,
@@ -19,6 +18,7 @@ from evtime import (
     JoinResult,
     Tumbling,
 )
+from evtime.connectors.local import MemorySink, MemorySource
 
 try:  # tests/unit is not a package: pytest puts this directory on sys.path
     from join_harness import is_a, is_b

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from connectors.local import MemorySink, MemorySource, partition_for
 from evtime import (
     App,
     ConfigError,
@@ -25,6 +24,7 @@ from evtime import (
     ManualClock,
     Output,
 )
+from evtime.connectors.local import MemorySink, MemorySource, partition_for
 
 try:  # tests/unit is not a package: pytest puts this directory on sys.path
     from join_harness import (

@@ -33,11 +33,11 @@ from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from connectors.local import MemorySink, MemorySource, partition_for
 from evtime import (
     DeadLetterReason,
     Output,
 )
+from evtime.connectors.local import MemorySink, MemorySource, partition_for
 from evtime.runtime.local import LocalRunner
 
 try:  # tests/unit is not a package: pytest puts this directory on sys.path

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
-from connectors.kafka_retry import (
+from evtime.connectors.kafka_retry import (
     BROKER_WAIT_ENV,
     BrokerUnreachableError,
     broker_wait_s,

@@ -14,7 +14,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from connectors.kafka import KafkaSink
+from evtime.connectors.kafka import KafkaSink
 from evtime.records import Output
 
 
@@ -146,7 +146,7 @@ class _LogProducer(_Producer):
 
 
 async def test_a_changelog_append_given_up_on_is_made_again_whole() -> None:
-    from connectors.kafka_changelog import KafkaChangelog
+    from evtime.connectors.kafka_changelog import KafkaChangelog
 
     logs: dict[int, list[bytes]] = {}
     producers = [
@@ -184,7 +184,7 @@ class _TxnProducer(_Producer):
 async def test_a_transaction_with_a_batch_given_up_on_does_not_commit() -> None:
     """aiokafka would commit it without the lost batch: the commit checks every batch the
     sinks sent in the transaction first."""
-    from connectors.kafka_transaction import KafkaTransaction
+    from evtime.connectors.kafka_transaction import KafkaTransaction
     from evtime.errors import TransactionFailedError
 
     producer = _TxnProducer({1: KafkaTimeoutError()})

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from connectors.kafka_transaction import KafkaTransaction
+from evtime.connectors.kafka_transaction import KafkaTransaction
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import tempfile
 import orjson
 import pytest
 
-from connectors.local import MemorySink, MemorySource
 from evtime import App, Count, Tumbling
+from evtime.connectors.local import MemorySink, MemorySource
 from evtime.records import RawRecord
 from evtime.runtime import task as task_module
 from evtime.runtime.task import PartitionTask

@@ -30,8 +30,8 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from connectors.local import MemorySink, MemorySource, partition_for
 from evtime import App, ManualClock, ProcessContext, Record, TimeDomain, Timer
+from evtime.connectors.local import MemorySink, MemorySource, partition_for
 from evtime.runtime.local import LocalRunner
 from evtime.runtime.task import task_path
 from evtime.state import TaskDB

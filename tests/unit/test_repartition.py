@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.local import MemorySink, MemorySource
 from evtime import App, Count, Tumbling, WindowResult
+from evtime.connectors.local import MemorySink, MemorySource
 from evtime.errors import ConfigError
 from evtime.operators.repartition import IDLE, ORIGIN_HEADER, ORIGINS_HEADER, WATERMARK_HEADER
 from evtime.records import RawRecord

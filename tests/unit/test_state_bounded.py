@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from connectors.local import MemorySink, MemorySource
 from evtime import App, Count, EmitKind, ManualClock, Session, Tumbling, WindowResult
+from evtime.connectors.local import MemorySink, MemorySource
 from evtime.runtime.local import LocalRunner
 from evtime.runtime.task import task_path
 from evtime.state import TaskDB

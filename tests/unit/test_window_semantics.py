@@ -29,7 +29,6 @@ from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from connectors.local import MemorySink, MemorySource, partition_for
 from evtime import (
     App,
     Collect,
@@ -47,6 +46,7 @@ from evtime import (
     Tumbling,
     WindowResult,
 )
+from evtime.connectors.local import MemorySink, MemorySource, partition_for
 
 try:  # tests/unit is not a package: pytest puts this directory on sys.path
     from reference import AGGREGATES, Config, Emission, PartitionRun, split

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 
-from connectors.kafka import KafkaDeadLetterSink, KafkaSink, KafkaSource
 from evtime import App, Count, Tumbling, WindowResult
+from evtime.connectors.kafka import KafkaDeadLetterSink, KafkaSink, KafkaSource
 
 REPARTITION = bool(os.environ.get("EVTIME_TEST_REPARTITION"))
 
