@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from evtime.aggregates import Aggregate
 from evtime.errors import ConfigError
 from evtime.io import DeadLetterSink, Sink
+from evtime.names import legal_part, repartition_topic
 from evtime.operators.join import JoinInput, JoinSpec, JoinType
 from evtime.operators.process import ProcessContext, ProcessSpec, Timer
 from evtime.operators.repartition import RepartitionSpec
@@ -240,8 +241,8 @@ class App:
         if partitions is not None and partitions < 1:
             raise ConfigError(f"partitions={partitions}: give at least 1 (or None: the source's)")
         key_name = key if isinstance(key, str) else getattr(key, "__name__", "key")
-        op_name = name or f"{topic}-by-{key_name}"
-        internal = f"{self.plan.app_name}-{op_name}-repartition"
+        op_name = name or f"{topic}-by-{legal_part(key_name)}"
+        internal = repartition_topic(self.plan.app_name, op_name)
         if internal in self.plan.sources:
             raise ConfigError(f"{topic!r} is repartitioned twice as {op_name!r}; pass name=...")
         output = f"{op_name}/main"

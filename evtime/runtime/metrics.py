@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from evtime.errors import ConfigError
 from evtime.io import TopicPartition
+from evtime.names import group_name
 
 if TYPE_CHECKING:
     from evtime.runtime.worker import Worker
@@ -119,7 +120,7 @@ class WorkerCollector(Collector):
         entries: list[tuple[list[str], float]] = []
         highwaters = w.highwaters()
         for task in list(w.tasks.values()):
-            labels = ["+".join(task.group), str(task.partition)]
+            labels = [group_name(task.group), str(task.partition)]
             for topic in task.group:
                 end = highwaters.get((topic, task.partition))
                 if end is not None:

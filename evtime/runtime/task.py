@@ -21,6 +21,7 @@ from evtime.errors import (
     StateError,
     TimestampError,
 )
+from evtime.names import task_dir
 from evtime.operators.base import Collector, Operator, describe_error
 from evtime.operators.join import JoinOperator, JoinSpec
 from evtime.operators.join import column_families as join_families
@@ -61,14 +62,9 @@ def _minimum(state: dict[str, Any]) -> int:
 _KEYING_WARNED: set[tuple[str, str]] = set()
 
 
-def group_name(group: tuple[str, ...]) -> str:
-    """The directory name of a topic group's state."""
-    return "+".join(group)
-
-
 def task_path(plan: Plan, group: tuple[str, ...], partition: int) -> Path:
-    """``state_dir/<app>/<topic-group>/<partition>``."""
-    return plan.state_dir / plan.app_name / group_name(group) / str(partition)
+    """``state_dir/<app>/<topic-group>/<partition>`` (evtime/names.py)."""
+    return task_dir(plan.state_dir, plan.app_name, group, partition)
 
 
 def _families(spec: OperatorSpec) -> list[str]:

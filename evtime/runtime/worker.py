@@ -35,6 +35,7 @@ from evtime.io import (
     TransactionalDeadLetterSink,
     TransactionalSink,
 )
+from evtime.names import changelog_topic, check_internal_names, group_name, transactional_id
 from evtime.operators.repartition import IDLE, RepartitionSpec
 from evtime.plan import Plan
 from evtime.records import Guarantee
@@ -42,7 +43,7 @@ from evtime.runtime.changelog import marker_record, meta_record, plan_restore, s
 from evtime.runtime.gc import tune_gc
 from evtime.runtime.local import close_sinks, deliver, flush_all
 from evtime.runtime.metrics import MetricsServer, WorkerStats, configured_port, sink_names
-from evtime.runtime.task import PartitionTask, group_name
+from evtime.runtime.task import PartitionTask
 from evtime.time import MIN_TIMESTAMP, Clock, SystemClock
 
 log = logging.getLogger("evtime.worker")
@@ -68,6 +69,11 @@ class Worker:
         metrics_host: str | None = None,
     ) -> None:
         plan.validate()
+        check_internal_names(
+            plan.app_name,
+            plan.groups(),
+            [op.name for op in plan.operators if isinstance(op, RepartitionSpec)],
+        )
         if pause_after_ms <= 0 or poll_ms <= 0:
             raise ConfigError(
                 f"poll_ms ({poll_ms}) and pause_after_ms ({pause_after_ms}) must be positive; "
@@ -156,9 +162,7 @@ class Worker:
         await self._ensure_repartitions()
         await self._check_co_partitioned()
         for group in self.plan.groups():
-            changelog = self._factory.changelog(
-                f"{self.plan.app_name}-{group_name(group)}-changelog"
-            )
+            changelog = self._factory.changelog(changelog_topic(self.plan.app_name, group))
             await changelog.ensure(group[0])
             self._changelogs[group] = changelog
         source = self._factory.group_source(
@@ -537,7 +541,7 @@ class Worker:
 
     def _transaction_id(self, tid: TaskId) -> str:
         """A task's stable transactional id: starting it fences the task's previous owner."""
-        return f"{self.plan.app_name}-{group_name(tid[0])}-{tid[1]}"
+        return transactional_id(self.plan.app_name, tid[0], tid[1])
 
     async def _redo_interval(self, task: PartitionTask, exc: Exception) -> None:
         """Exactly-once, a transaction that cannot commit (some of its records were not
