@@ -167,6 +167,7 @@ class App:
         timestamp: TimestampSpec = None,
         max_out_of_orderness: Duration = 0,
         idle_timeout: Duration | None = None,
+        advance_when_idle: bool = False,
         value_format: ValueFormat | str = ValueFormat.JSON,
     ) -> SourceRef:
         """Declare an input topic.
@@ -175,7 +176,13 @@ class App:
         record's own key. ``timestamp``: a value field (epoch ms, or ISO-8601),
         a function, or None for the record's timestamp. ``max_out_of_orderness``
         bounds the disorder the watermark waits for; ``idle_timeout`` lets an
-        idle partition stop holding the watermark back.
+        idle partition stop holding the watermark back. ``advance_when_idle``
+        (with ``idle_timeout``, for live data whose event time follows the wall
+        clock): a partition quiet for ``idle_timeout`` and read to its end moves
+        its watermark with the wall clock, so windows and unmatched join rows
+        close even when no record comes; a record older than that is late. While
+        the consumer is behind, the clock moves nothing (a replay gives the same
+        results); see :class:`~evtime.watermarks.WatermarkStrategy`.
         """
         if topic in self.plan.sources:
             raise ConfigError(f"source {topic!r} is declared twice")
@@ -190,7 +197,7 @@ class App:
             connector,
             key,
             timestamp,
-            WatermarkStrategy.bounded(max_out_of_orderness, idle_timeout),
+            WatermarkStrategy.bounded(max_out_of_orderness, idle_timeout, advance_when_idle),
             fmt,
         )
         self.plan.sources[topic] = spec

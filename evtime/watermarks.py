@@ -14,12 +14,12 @@ is the per-task runtime state that applies it, record by record.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Container, Hashable, Iterable, Mapping
 from typing import Any
 
 from evtime.errors import ConfigError, EvtimeError, StateError
-from evtime.time import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, format_millis, to_millis
+from evtime.time import MAX_TIMESTAMP, MIN_TIMESTAMP
+from evtime.watermark_strategy import WatermarkStrategy, is_late
 
 __all__ = [
     "SNAPSHOT_VERSION",
@@ -41,84 +41,6 @@ _FORCE = MIN_TIMESTAMP - 2
 _NO_TIME = MIN_TIMESTAMP - 1
 # max_ts of a partition that has not seen a record.
 _NO_RECORD = MIN_TIMESTAMP - 1
-
-
-def is_late(ts: int, watermark: int) -> bool:
-    """Whether a record with event time ``ts`` is late for ``watermark``.
-
-    A watermark ``W`` promises that no record with ``ts <= W`` follows, so such a
-    record is late (Flink's rule). Windows add their own allowed lateness on top.
-
-    >>> is_late(99, 99), is_late(100, 99)
-    (True, False)
-    """
-    return ts <= watermark
-
-
-@dataclass(frozen=True, slots=True)
-class WatermarkStrategy:
-    """How a source's watermarks are generated (Flink's ``WatermarkStrategy``).
-
-    ``max_out_of_orderness`` is how far (ms) behind the largest timestamp seen a
-    record may still arrive on time; ``idle_timeout`` (ms) is how long a
-    partition may go without records before it stops holding the watermark back
-    (``None``: never).
-
-    >>> WatermarkStrategy.bounded("5s", idle_timeout="1m")
-    WatermarkStrategy(max_out_of_orderness=5000, idle_timeout=60000)
-    >>> WatermarkStrategy.for_monotonous().max_out_of_orderness
-    0
-    >>> WatermarkStrategy.bounded("10s").with_idleness("30s").idle_timeout
-    30000
-    """
-
-    max_out_of_orderness: int = 0
-    idle_timeout: int | None = None
-
-    def __post_init__(self) -> None:
-        # The fields are ints in ms; validate them as such so a direct
-        # construction cannot bypass what bounded() checks.
-        to_millis(self.max_out_of_orderness, name="max_out_of_orderness")
-        if not isinstance(self.max_out_of_orderness, int):
-            raise ConfigError(
-                f"invalid max_out_of_orderness {self.max_out_of_orderness!r}: the field holds "
-                "int milliseconds; use WatermarkStrategy.bounded('5s') to pass a duration"
-            )
-        if self.idle_timeout is not None:
-            to_millis(self.idle_timeout, name="idle_timeout", allow_zero=False)
-            if not isinstance(self.idle_timeout, int):
-                raise ConfigError(
-                    f"invalid idle_timeout {self.idle_timeout!r}: the field holds int "
-                    "milliseconds; use WatermarkStrategy.bounded(idle_timeout='1m')"
-                )
-
-    @classmethod
-    def bounded(
-        cls, max_out_of_orderness: Duration = 0, idle_timeout: Duration | None = None
-    ) -> WatermarkStrategy:
-        """Watermarks that trail the largest timestamp seen by ``max_out_of_orderness``."""
-        return cls(
-            to_millis(max_out_of_orderness, name="max_out_of_orderness"),
-            None
-            if idle_timeout is None
-            else to_millis(idle_timeout, name="idle_timeout", allow_zero=False),
-        )
-
-    @classmethod
-    def for_monotonous(cls, idle_timeout: Duration | None = None) -> WatermarkStrategy:
-        """Watermarks for timestamps that never decrease: ``bounded(0)``."""
-        return cls.bounded(0, idle_timeout)
-
-    def with_idleness(self, idle_timeout: Duration) -> WatermarkStrategy:
-        """The same strategy with partitions going idle after ``idle_timeout``."""
-        return WatermarkStrategy.bounded(self.max_out_of_orderness, idle_timeout)
-
-    def __str__(self) -> str:
-        idle = "never" if self.idle_timeout is None else format_millis(self.idle_timeout)
-        return (
-            f"bounded out-of-orderness {format_millis(self.max_out_of_orderness)}, "
-            f"idle after {idle}"
-        )
 
 
 def encode_partition(partition: Hashable) -> Any:
@@ -163,7 +85,7 @@ def decode_partition(data: Any) -> Hashable:
 class _Partition:
     """Mutable watermark state of one input partition."""
 
-    __slots__ = ("active", "ended", "idle", "last", "max_ts", "wm")
+    __slots__ = ("active", "clock", "ended", "idle", "last", "max_ts", "wm")
 
     def __init__(self, last: int) -> None:
         self.max_ts = _NO_RECORD
@@ -172,6 +94,7 @@ class _Partition:
         self.active = True  # takes part in the task minimum: neither idle nor ended
         self.idle = False
         self.ended = False
+        self.clock = False  # idle, read to its end, its watermark following the wall clock
 
 
 class WatermarkTracker:
@@ -189,7 +112,15 @@ class WatermarkTracker:
        so it never goes backwards. When every remaining partition is idle it
        holds; a partition without records that is not idle holds it at
        ``MIN_TIMESTAMP``.
-    4. :meth:`end_of_input` sets a partition's watermark to ``MAX_TIMESTAMP``
+    4. Under ``advance_when_idle`` an idle partition is not taken out of the
+       minimum: the wall clock alone never decides that a partition has
+       nothing more (the consumer may be behind). :meth:`follow_clock`, told
+       which partitions are read to their end, lets those of them that are idle
+       follow the wall clock: their watermark becomes
+       ``max(wm_p, now - max_out_of_orderness - 1)``. A record (or falling
+       behind the end again) stops that; a watermark never goes back. So while
+       a consumer is behind, wall-clock time moves no watermark at all.
+    5. :meth:`end_of_input` sets a partition's watermark to ``MAX_TIMESTAMP``
        and takes it out of the minimum (like a finished Flink split); records
        that still arrive for it are ignored. Once every partition ended, the
        task watermark is ``MAX_TIMESTAMP``.
@@ -214,6 +145,7 @@ class WatermarkTracker:
         "_current",
         "_deadline",
         "_delay",
+        "_hold_idle",
         "_holders",
         "_idle_timeout",
         "_min",
@@ -239,6 +171,8 @@ class WatermarkTracker:
         self.strategy = strategy
         self._delay = strategy.max_out_of_orderness + 1
         self._idle_timeout = strategy.idle_timeout
+        # Idle partitions keep holding the minimum until follow_clock sees them caught up.
+        self._hold_idle = strategy.advance_when_idle
         self._parts: dict[Hashable, _Partition] = {}
         # Active partitions by last activity, oldest first: only kept when
         # partitions can go idle, so expiry is O(1) per record.
@@ -274,6 +208,10 @@ class WatermarkTracker:
     def is_idle(self, partition: Hashable) -> bool:
         """Whether ``partition`` was idle when the tracker last saw the wall clock."""
         return self._get(partition).idle
+
+    def follows_clock(self, partition: Hashable) -> bool:
+        """Whether ``partition``'s watermark follows the wall clock (see :meth:`follow_clock`)."""
+        return self._get(partition).clock
 
     def is_ended(self, partition: Hashable) -> bool:
         """Whether :meth:`end_of_input` was called for ``partition``."""
@@ -332,12 +270,44 @@ class WatermarkTracker:
                 self._expire(now)
         return self._current
 
+    def follow_clock(self, now_ms: int, caught_up: Container[Hashable]) -> int:
+        """Let wall-clock time pass (:meth:`on_tick`); then, under ``advance_when_idle``,
+        every idle partition in ``caught_up`` (read to its end: nothing more to fetch)
+        follows the clock, and every other one stops following it (and holds the
+        minimum at its own watermark); return the task watermark.
+
+        A partition whose consumer is behind never moves with the clock, so a replay
+        as fast as it can read computes what the live run computed.
+        """
+        current = self.on_tick(now_ms)
+        if not self.strategy.advance_when_idle:
+            return current
+        clock_wm = self._now - self._delay
+        changed = False
+        for key, p in self._parts.items():
+            if not p.idle:
+                continue
+            if key in caught_up:
+                if clock_wm > p.wm:
+                    p.wm = clock_wm
+                    changed = True
+                if not p.clock:
+                    p.clock = True
+                    changed = True
+            elif p.clock:
+                p.clock = False
+                changed = True
+        if changed:
+            self._recompute()
+        return self._current
+
     def end_of_input(self, partition: Hashable) -> int:
         """Mark ``partition`` as exhausted (a bounded source ended); return the task watermark."""
         p = self._get(partition)
         if not p.ended:
             p.ended = True
             p.idle = False
+            p.clock = False
             p.active = False
             p.wm = MAX_TIMESTAMP
             if self._order is not None:
@@ -537,6 +507,7 @@ class WatermarkTracker:
             return self._current
         now = self._advance(now_ms)
         p.idle = False
+        p.clock = False
         p.active = True
         p.last = now
         self._order[key] = p
@@ -578,8 +549,9 @@ class WatermarkTracker:
         low = _NEVER
         holders = 0
         waiting = False  # some partition is idle (not ended): hold instead of ending
+        hold_idle = self._hold_idle
         for p in self._parts.values():
-            if p.active:
+            if p.active or (hold_idle and p.idle):
                 if p.wm < low:
                     low = p.wm
                     holders = 1
