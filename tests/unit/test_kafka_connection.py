@@ -94,7 +94,7 @@ def test_a_combination_that_cannot_work_names_the_setting(
 def test_a_client_certificate_needs_both_files(tmp_path: Path) -> None:
     cert = tmp_path / "client.pem"
     cert.write_text("x")
-    with pytest.raises(ConfigError, match="needs both .*cert_file.*key_file"):
+    with pytest.raises(ConfigError, match=r"needs both .*cert_file.*key_file"):
         KafkaConnection("b:9093", "SSL", cert_file=str(cert))
 
 
