@@ -1,4 +1,4 @@
-"""The ``evtime`` command: run | worker | demo | services."""
+"""The ``evtime`` command: run | worker | describe | state | demo | services."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from evtime import cli_state
 from evtime.errors import ConfigError, EvtimeError
 
 
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rest", nargs=argparse.REMAINDER, help="up | down | restart | status [names]"
     )
     services.set_defaults(func=_services)
+    cli_state.add_commands(sub, load_app)
     return parser
 
 
