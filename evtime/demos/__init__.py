@@ -7,6 +7,7 @@ lazily, when ``evtime demo`` runs.
   ``seed_stream`` its generated stream and check, ``seed_services`` its run on the
   services;
 - ``clickstream``: ``evtime demo --clickstream``, windows and timers, embedded;
+- ``embedded``: running a demo's app on the embedded engine with progress;
 - ``seed_join``: the seed pipeline itself, ``examples/seed_join.py``.
 
 ``seed_join.py`` here is a symbolic link to ``examples/seed_join.py``: the example stays

@@ -70,7 +70,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     ).stdout.strip()  # fmt: skip
     # The dependencies (and pip, setuptools) of the test venv, after the venv's own packages.
     # The .pth files in those folders are not run: the checkout's editable hook stays off.
-    (Path(purelib) / "evtime-test-deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    deps = site.getsitepackages()
+    if site.ENABLE_USER_SITE:
+        deps.append(site.getusersitepackages())
+    (Path(purelib) / "evtime-test-deps.pth").write_text("\n".join(deps) + "\n")
     done = Installed(python, venv / "bin", Path(purelib), cwd, env)
     pip = done.run(
         python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", source,
