@@ -14,6 +14,7 @@ lazily, when ``evtime demo`` runs.
 one readable, runnable file for users (``python examples/seed_join.py``, ``evtime worker
 examples/seed_join.py``), and the wheel, which cannot reach outside the package, gets a
 copy of it (setuptools follows the link), so ``evtime demo`` imports the same pipeline
-from a checkout and from an installed package. There is one copy of its code in the
-repository, and the demos never load a file by its path in a checkout.
+from a checkout and from an installed package, and no demo loads a file by its path.
+The code stays in one place: moving it into the package would leave users an example
+that only imports, and a second copy would drift (``duplicates`` does not read links).
 """

@@ -22,8 +22,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-# What a build reads (docker/Dockerfile copies the same before its `pip install .`).
-BUILT_FROM = ("pyproject.toml", "README.md", "evtime", "connectors", "examples")
+# What a build reads (those present): docker/Dockerfile copies these for its `pip install .`.
+BUILT_FROM = ("pyproject.toml", "README.md", "LICENSE", "evtime", "connectors", "examples")
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
 
 
@@ -48,6 +48,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     source = base / "source"
     source.mkdir()
     for name in BUILT_FROM:
+        if not (ROOT / name).exists():
+            continue
         if (ROOT / name).is_dir():
             # symlinks=True: the links in evtime/ stay links, as in a checkout.
             shutil.copytree(ROOT / name, source / name, symlinks=True, ignore=_SKIP)
