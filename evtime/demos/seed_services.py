@@ -137,9 +137,9 @@ def _start_worker(
         "--within", args.within, "--unmatched-after", args.unmatched_after,
         "--max-out-of-orderness", f"{OOO}ms",
     ]
-    # The worker runs the evtime that runs this demo, also from a checkout not installed.
-    env = {**os.environ, "EVTIME_INSTANCE_ID": f"{name}-1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "EVTIME_INSTANCE_ID": f"{name}-1"}
+    if (ROOT / "pyproject.toml").is_file():  # a checkout, maybe not installed: run this one
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     print(f"starting the pipeline: python -m evtime.demos.seed_join (examples/seed_join.py) "
           f"--topic {topic} --index {index}")
     with (work / "worker.log").open("wb") as log:
