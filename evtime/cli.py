@@ -113,7 +113,7 @@ def _supervise(args: argparse.Namespace, app: Any) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from evtime.demo import main as demo_main
+    from evtime.demos.seed import main as demo_main
 
     return demo_main(list(args.rest))
 

@@ -15,6 +15,10 @@ Run it as a worker (options or ``EVTIME_*`` environment variables)::
     python examples/seed_join.py --bootstrap 127.0.0.1:9092 --topic events \\
         --es-url http://127.0.0.1:9200 --index joined
     evtime worker examples/seed_join.py:app          # configured by EVTIME_* only
+
+``evtime demo`` runs this pipeline. The package installs this file as
+``evtime.demos.seed_join`` (``python -m evtime.demos.seed_join`` runs it where only the
+installed evtime is at hand); in a checkout that module is a link to this file.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
-from evtime import demo
+from evtime.demos import seed
+from evtime.demos import seed_stream as demo
 from tests.unit.join_reference import JoinConfig, one_topic_events, run_events
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +79,7 @@ def test_malformed_records_and_heartbeats_are_in_every_stream() -> None:
 def test_embedded_mode_runs_the_seed_join_and_checks_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = demo.main(["--embedded", "--keys", "3000", "--out", str(tmp_path)])
+    code = seed.main(["--embedded", "--keys", "3000", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "EMBEDDED MODE" in out

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from evtime.services_process import is_alive, port_taken
+from evtime.services.processes import is_alive, port_taken
 
 # The main thread exits (pthread_exit) while another thread still holds a listening
 # socket, as a JVM's first thread can while its other threads finish shutting down.

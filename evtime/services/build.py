@@ -1,7 +1,7 @@
 """What the local services run: jars from Maven Central, one compiled class, config files.
 
 Everything here is done once per version and cached: ``resolve_jars`` runs Maven's
-``copy-dependencies`` on a small pom from ``services_data`` and leaves a marker keyed
+``copy-dependencies`` on a small pom from ``data`` and leaves a marker keyed
 by the plugin and the pom; ``compile_entry_point`` does the same for OpenSearch's
 ``EmbeddedOpenSearch.java`` with ``javac``.
 """
@@ -24,7 +24,7 @@ from evtime.errors import ServiceError
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 INSTALL_HINT = "install them with e.g. `apt-get install openjdk-17-jdk-headless maven`"
 
-_DATA = importlib.resources.files("evtime") / "services_data"
+_DATA = importlib.resources.files("evtime.services") / "data"
 
 
 def render(resource: str, values: Mapping[str, str]) -> str:
@@ -33,7 +33,7 @@ def render(resource: str, values: Mapping[str, str]) -> str:
         text = text.replace(f"@{key}@", value)
     missing = re.findall(r"@[A-Z0-9_]+@", text)
     if missing:
-        raise ServiceError(f"services_data/{resource} has unfilled placeholders {missing}.")
+        raise ServiceError(f"data/{resource} has unfilled placeholders {missing}.")
     return text
 
 
@@ -50,16 +50,15 @@ def resolve_jars(label: str, home: Path, pom_resource: str, versions: Mapping[st
     pom_path.write_text(pom)
     partial = fresh_dir(home / "libs.partial")
     started = time.monotonic()
-    done = subprocess.run(
+    code, output = _run_captured(
         [mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(pom_path),
          f"{DEPENDENCY_PLUGIN}:copy-dependencies",
          f"-DoutputDirectory={partial}", "-DincludeScope=runtime"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
     )  # fmt: skip
-    if done.returncode != 0:
+    if code != 0:
         raise ServiceError(
-            f"{label}: Maven could not resolve the jars (exit {done.returncode}). "
-            f"Last lines of its output:\n{tail_text(done.stdout + done.stderr)}\n"
+            f"{label}: Maven could not resolve the jars (exit {code}). "
+            f"Last lines of its output:\n{output}\n"
             "Check that Maven Central is reachable (proxy settings in ~/.m2/settings.xml), "
             "then run `evtime services up` again."
         )
@@ -80,19 +79,26 @@ def compile_entry_point(label: str, home: Path, version: str) -> None:
     build = fresh_dir(home / "classes.partial")
     source_path = build / "EmbeddedOpenSearch.java"
     source_path.write_text(source)
-    done = subprocess.run(
-        [javac, "-d", str(build), "-cp", str(home / "libs" / "*"), str(source_path)],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
+    code, output = _run_captured(
+        [javac, "-d", str(build), "-cp", str(home / "libs" / "*"), str(source_path)]
+    )
+    if code != 0:
         raise ServiceError(
             f"{label}: javac could not compile EmbeddedOpenSearch.java:\n"
-            f"{tail_text(done.stdout + done.stderr)}\n"
+            f"{output}\n"
             f"Delete {home} to resolve the jars again, then retry."
         )
     shutil.rmtree(classes, ignore_errors=True)
     build.rename(classes)
     marker.write_text(key)
+
+
+def _run_captured(command: list[str]) -> tuple[int, str]:
+    """Run a build tool to its end: its exit code and the last lines of what it printed."""
+    done = subprocess.run(
+        command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+    )
+    return done.returncode, tail_text(done.stdout + done.stderr)
 
 
 def run_tool(label: str, what: str, command: list[str], log_path: Path) -> None:

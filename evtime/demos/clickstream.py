@@ -16,11 +16,9 @@ computation over the generated input.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import shutil
 import tempfile
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ import orjson
 from evtime.aggregates import Count, First, Last, Multi
 from evtime.app import App
 from evtime.connectors.local import JsonLinesSink, JsonLinesSource, partition_for
+from evtime.demos.embedded import run_to_end
 from evtime.operators.process import ProcessContext, Timer
 from evtime.records import Record, WindowResult
 from evtime.time import MIN_TIMESTAMP
@@ -222,25 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     paths, good, malformed = generate(args.events, args.users, args.partitions, args.seed, work)
 
     app = build_app(paths, work, work / "state")
-    runner = app.runner()
-    started = time.perf_counter()
-    last_report = started
-
-    async def drive() -> None:
-        nonlocal last_report
-        runner.open()
-        while not runner.finished:
-            await runner.step()
-            now = time.perf_counter()
-            if now - last_report >= 1.0:
-                last_report = now
-                done = sum(t.records_in for t in runner.tasks)
-                print(f"  {done:>9,} records  {done / (now - started):>9,.0f} records/s  "
-                      f"watermark {min(t.watermark for t in runner.tasks)}")
-        await runner.close()
-
-    asyncio.run(drive())
-    elapsed = time.perf_counter() - started
+    elapsed = run_to_end(app, show_watermark=True)
     print(f"processed {args.events:,} lines in {elapsed:.1f} s "
           f"({args.events / elapsed:,.0f} events/s)\n")
     return report(work, good, malformed)
