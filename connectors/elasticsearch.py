@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import time
 from collections import deque
@@ -84,6 +83,7 @@ from evtime.connectors.elasticsearch_http import (
 from evtime.errors import ConfigError, EvtimeError, SinkError
 from evtime.io import DeadLetterSink
 from evtime.records import DeadLetter, DeadLetterReason, Output
+from evtime.settings import Settings
 from evtime.time import Duration, to_millis
 
 __all__ = [
@@ -97,8 +97,6 @@ __all__ = [
 
 log = logging.getLogger("evtime.elasticsearch")
 
-URL_ENV = "EVTIME_ELASTICSEARCH_URL"
-DEFAULT_URL = "http://127.0.0.1:9200"
 _NDJSON = {"Content-Type": "application/x-ndjson"}
 # Only what the sink reads: the per-item status and error, not ids and versions.
 _FILTER_PATH = "errors,items.*.status,items.*.error"
@@ -113,7 +111,7 @@ _REFRESH: dict[bool | str, str] = {
 
 def default_url() -> str:
     """``$EVTIME_ELASTICSEARCH_URL``, else http://127.0.0.1:9200."""
-    return os.environ.get(URL_ENV) or DEFAULT_URL
+    return Settings.load().elasticsearch_url
 
 
 @dataclass(slots=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -51,6 +50,7 @@ from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP
 from evtime.operators.repartition import IDLE, ORIGIN_HEADER, ORIGINS_HEADER, WATERMARK_HEADER
 from evtime.records import DeadLetter, Output, RawRecord
+from evtime.settings import Settings
 
 log = logging.getLogger("evtime.kafka")
 _MAX_TS = 2**63 - 1
@@ -60,9 +60,7 @@ _Rec = tuple[bytes | None, bytes, int | None, list[tuple[str, bytes]]]
 
 def default_bootstrap() -> str:
     """``EVTIME_KAFKA_BOOTSTRAP``, or the broker `evtime services up` starts."""
-    return os.environ.get("EVTIME_KAFKA_BOOTSTRAP") or (
-        f"127.0.0.1:{os.environ.get('EVTIME_KAFKA_PORT', '9092')}"
-    )
+    return Settings.load().kafka_bootstrap
 
 
 @dataclass(frozen=True)

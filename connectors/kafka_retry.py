@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
@@ -25,7 +24,8 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
-from evtime.errors import ConfigError, EvtimeError
+from evtime.errors import EvtimeError
+from evtime.settings import Settings
 
 log = logging.getLogger("evtime.kafka")
 _T = TypeVar("_T")
@@ -57,43 +57,23 @@ async def stopped(client: _Client, timeout_s: float = 10.0) -> None:
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
 BROKER_WAIT_ENV = "EVTIME_KAFKA_BROKER_WAIT"
-DEFAULT_BROKER_WAIT_S = 600.0
 
 
 class BrokerUnreachableError(EvtimeError):
     """The Kafka broker stayed unreachable longer than the configured wait."""
 
 
-REQUEST_TIMEOUT_ENV = "EVTIME_KAFKA_REQUEST_TIMEOUT_MS"
-
-
 def producer_overrides() -> dict[str, int]:
     """Settings every producer of the worker takes from the environment:
     ``EVTIME_KAFKA_REQUEST_TIMEOUT_MS`` (aiokafka's ``request_timeout_ms``, 40 s by
     default), after which a batch that found no leader is given up on (and sent again)."""
-    raw = os.environ.get(REQUEST_TIMEOUT_ENV)
-    if not raw:
-        return {}
-    if not raw.isdigit() or int(raw) <= 0:
-        raise ConfigError(f"{REQUEST_TIMEOUT_ENV}={raw!r}: give a positive number of ms")
-    return {"request_timeout_ms": int(raw)}
+    timeout_ms = Settings.load().kafka_request_timeout_ms
+    return {} if timeout_ms is None else {"request_timeout_ms": timeout_ms}
 
 
 def broker_wait_s() -> float:
     """``EVTIME_KAFKA_BROKER_WAIT`` in seconds (``inf`` waits for ever), default 600."""
-    raw = os.environ.get(BROKER_WAIT_ENV)
-    if not raw:
-        return DEFAULT_BROKER_WAIT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:  # also rejects NaN
-        raise ConfigError(
-            f"{BROKER_WAIT_ENV}={raw!r}: give the seconds to wait for an unreachable broker "
-            "(a positive number, or inf)"
-        )
-    return value
+    return Settings.load().kafka_broker_wait
 
 
 def unreachable(exc: BaseException) -> bool:

@@ -1,4 +1,4 @@
-"""The ``evtime`` command: run | worker | describe | state | demo | services."""
+"""The ``evtime`` command: run | worker | config | describe | state | demo | services."""
 
 from __future__ import annotations
 
@@ -13,8 +13,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import orjson
+
 from evtime import cli_state
 from evtime.errors import ConfigError, EvtimeError
+from evtime.settings import OPTIONS, LogFormat, Origin, Settings, option, summary, table
+
+log = logging.getLogger("evtime.cli")
 
 
 def load_app(target: str) -> Any:
@@ -79,34 +84,74 @@ def _prepend_path(folder: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     app = load_app(args.app)
-    if args.state_dir:
-        app.plan.state_dir = Path(args.state_dir)
+    settings = _resolve(args, app)
+    log.info("settings: %s", summary(settings))
     if getattr(args, "processes", None) is not None:
-        return _supervise(args, app)
-    if getattr(args, "instance_id", None):
-        os.environ["EVTIME_INSTANCE_ID"] = args.instance_id
-    if getattr(args, "metrics_port", None) is not None:
-        os.environ["EVTIME_METRICS_PORT"] = str(args.metrics_port)
-    if getattr(args, "metrics_host", None):
-        os.environ["EVTIME_METRICS_HOST"] = args.metrics_host
-    app.run()
+        return _supervise(args, app, settings)
+    if app.on_kafka:
+        worker = app.worker(
+            instance_id=settings.instance_id,
+            metrics_port=settings.metrics_port,
+            metrics_host=settings.metrics_host,
+        )
+        asyncio.run(worker.run())
+    else:
+        asyncio.run(app.runner().run())
     return 0
 
 
-def _supervise(args: argparse.Namespace, app: Any) -> int:
-    from evtime.runtime.metrics import configured_port
+def _config(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    print(f"app: {app.name} ({args.app})")
+    print(table(_resolve(args, app)), end="")
+    return 0
+
+
+def _resolve(args: argparse.Namespace, app: Any) -> Settings:
+    """The settings of ``app`` run with ``args``; the app's plan takes its state directory,
+    checkpoint interval and guarantee from them (a flag or variable overrides the app's)."""
+    plan = app.plan
+    declared = {
+        "state_dir": plan.state_dir,
+        "checkpoint_interval": plan.checkpoint_interval,
+        "processing": plan.guarantee,
+    }
+    settings = Settings.load(
+        flags=_flags(args),
+        app={name: v for name, v in declared.items() if v != option(name).default},
+    )
+    plan.state_dir = settings.state_dir
+    plan.checkpoint_interval = settings.checkpoint_interval
+    plan.guarantee = settings.processing
+    return settings
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given as flags (``-v`` is ``--log-level DEBUG``)."""
+    flags = {o.name: getattr(args, o.name, None) for o in OPTIONS if o.flag}
+    if args.verbose and flags.get("log_level") is None:
+        flags["log_level"] = "DEBUG"
+    return flags
+
+
+def _supervise(args: argparse.Namespace, app: Any, settings: Settings) -> int:
     from evtime.supervisor import Supervisor
 
     if not app.on_kafka:
         raise ConfigError("-p runs Kafka workers; an app on local sources runs with `evtime run`")
+    # Flags the workers need besides those the supervisor gives each its own of.
+    own = {"state_dir", "instance_id", "metrics_port", "metrics_host"}
+    passed = {k: str(v) for k, v in _flags(args).items() if v is not None and k not in own}
     supervisor = Supervisor(
         args.app,
         args.processes,
         app.plan.state_dir,
-        instance_id=args.instance_id or os.environ.get("EVTIME_INSTANCE_ID"),
-        metrics_port=configured_port(args.metrics_port),
-        metrics_host=args.metrics_host or os.environ.get("EVTIME_METRICS_HOST"),
+        instance_id=settings.instance_id,
+        metrics_port=settings.metrics_port,
+        metrics_host=None if settings.origin("metrics_host") is Origin.DEFAULT
+        else settings.metrics_host,
         verbose=args.verbose,
+        settings=passed,
     )
     code: int = asyncio.run(supervisor.run())
     return code
@@ -124,6 +169,14 @@ def _services(args: argparse.Namespace) -> int:
     return cli_main(list(args.rest))
 
 
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag per option declared with one (evtime/settings.py); checked when resolved."""
+    for o in OPTIONS:
+        if o.flag:
+            metavar = o.name.upper() if " " in o.kind.name else o.kind.name.upper()
+            parser.add_argument(o.flag, dest=o.name, metavar=metavar, help=f"{o.help} [{o.env}]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evtime",
@@ -134,28 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run an app until its bounded input ends (local sources)")
     run.add_argument("app", help="MODULE:APP or path/to/job.py:APP")
-    run.add_argument("--state-dir", help="override the app's state_dir")
+    _add_setting_flags(run)
     run.set_defaults(func=_run)
 
     worker = sub.add_parser("worker", help="run an app as a long-running worker")
     worker.add_argument("app", help="MODULE:APP or path/to/job.py:APP")
-    worker.add_argument("--state-dir", help="override the app's state_dir")
-    worker.add_argument(
-        "--instance-id",
-        help="stable id of this worker in the consumer group (static membership: a restart "
-        "takes its partitions back at once); default $EVTIME_INSTANCE_ID",
-    )
-    worker.add_argument(
-        "--metrics-port",
-        type=int,
-        help="serve Prometheus metrics on /metrics and health on /healthz (readiness) and "
-        "/healthz/live at this port (0: any free port, logged); default $EVTIME_METRICS_PORT, "
-        "else not served",
-    )
-    worker.add_argument(
-        "--metrics-host",
-        help="address the metrics server binds; default $EVTIME_METRICS_HOST, else 0.0.0.0",
-    )
+    _add_setting_flags(worker)
     worker.add_argument(
         "-p",
         "--processes",
@@ -165,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(<port>+i); one that crashes is started again",
     )
     worker.set_defaults(func=_run)
+
+    config = sub.add_parser(
+        "config",
+        help="print an app's settings: each option's value, where it came from (argument, "
+        "flag, env, app, default) and its variable (docs/configuration.md)",
+    )
+    config.add_argument("app", help="MODULE:APP or path/to/job.py:APP")
+    _add_setting_flags(config)
+    config.set_defaults(func=_config)
 
     demo = sub.add_parser("demo", help="generate a stream and run the demo pipeline on it")
     demo.add_argument("rest", nargs=argparse.REMAINDER, help="options of the demo (--help)")
@@ -193,11 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         args.rest = argv[first + 1 :]
     else:
         args = parser.parse_args(argv)
-    prefix = os.environ.get("EVTIME_LOG_PREFIX", "").replace("%", "%%")  # set by `-p N`
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        _configure_logging(Settings.load(flags=_flags(args)))
+    except ConfigError as exc:
+        print(f"evtime: {exc}", file=sys.stderr)
+        return 2
     try:
         code: int = args.func(args)
     except EvtimeError as exc:
@@ -206,6 +252,39 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    if settings.log_format is LogFormat.JSON:
+        handler.setFormatter(_JsonFormatter(settings.log_prefix.strip()))
+    else:
+        prefix = settings.log_prefix.replace("%", "%%")
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
+        )
+    logging.basicConfig(level=settings.log_level, handlers=[handler])
+
+
+class _JsonFormatter(logging.Formatter):
+    """A log record as one JSON object: time, level, logger, message (and prefix, error)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if self.prefix:
+            line["prefix"] = self.prefix
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return orjson.dumps(line).decode()
 
 
 if __name__ == "__main__":

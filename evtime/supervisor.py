@@ -9,7 +9,8 @@ supervisor gives worker ``i`` (from 0):
 - the instance id ``<instance id>-<i>`` when one is given (static membership: a restarted
   worker takes its partitions back at once);
 - the metrics port ``<port> + i`` when one is given;
-- ``[worker-<i>]`` in front of its log lines.
+- ``[worker-<i>]`` in front of its log lines;
+- the other options given to ``evtime worker -p N`` as flags, through its environment.
 
 A worker that exits with an error (a crash, a kill) is started again after a backoff
 (1 s, doubling up to 30 s; back to 1 s once a run lasted a minute); the others run on, and
@@ -22,14 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from evtime.errors import ConfigError
+from evtime.settings import child_environment
 
 log = logging.getLogger("evtime.supervisor")
 
@@ -61,6 +63,7 @@ class Supervisor:
         metrics_port: int | None = None,
         metrics_host: str | None = None,
         verbose: bool = False,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         if processes < 1:
             raise ConfigError(f"-p {processes}: give at least one worker process")
@@ -71,6 +74,8 @@ class Supervisor:
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.verbose = verbose
+        self.settings = dict(settings or {})
+        """Options every worker gets, through its environment (by option name)."""
         self.children = [_Child(i) for i in range(processes)]
         self._signals = 0
         self._stopping = asyncio.Event()
@@ -82,11 +87,10 @@ class Supervisor:
         if self.verbose:
             argv.append("-v")
         argv += ["worker", self.target, "--state-dir", str(self.state_dir / f"worker-{i}")]
-        env = dict(os.environ)
-        env["EVTIME_LOG_PREFIX"] = f"[worker-{i}] "
-        env.pop("EVTIME_INSTANCE_ID", None)  # each its own, below
-        env.pop("EVTIME_METRICS_PORT", None)
-        env.pop("EVTIME_METRICS_HOST", None)
+        env = child_environment(  # each its own instance id and metrics port, below
+            {**self.settings, "log_prefix": f"[worker-{i}] "},
+            removed=("instance_id", "metrics_port", "metrics_host"),
+        )
         if self.instance_id:
             argv += ["--instance-id", f"{self.instance_id}-{i}"]
         if self.metrics_port is not None:

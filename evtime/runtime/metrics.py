@@ -16,7 +16,6 @@ per delivery and per checkpoint (:class:`WorkerStats`), and everything else
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,9 +31,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from evtime.errors import ConfigError
 from evtime.io import TopicPartition
 from evtime.names import group_name
+from evtime.settings import Settings
 
 if TYPE_CHECKING:
     from evtime.runtime.worker import Worker
@@ -69,15 +68,7 @@ class WorkerStats:
 
 def configured_port(port: int | None) -> int | None:
     """The metrics port: ``port`` if given, else ``EVTIME_METRICS_PORT``; None: not served."""
-    if port is not None:
-        return port
-    text = os.environ.get("EVTIME_METRICS_PORT", "")
-    try:
-        return int(text) if text else None
-    except ValueError:
-        raise ConfigError(
-            f"EVTIME_METRICS_PORT is {text!r}: give a port number (0: any free port)"
-        ) from None
+    return Settings.load({"metrics_port": port}).metrics_port
 
 
 def sink_names(worker: Worker) -> dict[int, str]:

@@ -44,6 +44,7 @@ from evtime.runtime.gc import tune_gc
 from evtime.runtime.local import close_sinks, deliver, flush_all
 from evtime.runtime.metrics import MetricsServer, WorkerStats, configured_port, sink_names
 from evtime.runtime.task import PartitionTask
+from evtime.settings import Settings
 from evtime.time import MIN_TIMESTAMP, Clock, SystemClock
 
 log = logging.getLogger("evtime.worker")
@@ -87,7 +88,8 @@ class Worker:
         self.handle_signals = handle_signals
         # /metrics and /healthz (evtime/runtime/metrics.py): off unless a port is given.
         self.metrics_port = configured_port(metrics_port)
-        self.metrics_host = metrics_host or os.environ.get("EVTIME_METRICS_HOST") or "0.0.0.0"
+        settings = Settings.load({"metrics_host": metrics_host, "instance_id": instance_id})
+        self.metrics_host = settings.metrics_host
         self.metrics: MetricsServer | None = None
         self.stats = WorkerStats()
         self.state = "created"
@@ -95,7 +97,7 @@ class Worker:
         self._sink_names: dict[int, str] = {}
         # A stable id per worker process (static group membership): a restarted worker
         # gets its partitions back at once instead of after the session timeout.
-        self.instance_id = instance_id or os.environ.get("EVTIME_INSTANCE_ID") or None
+        self.instance_id = settings.instance_id
         factories = []
         for spec in plan.sources.values():
             if not isinstance(spec.connector, GroupSourceFactory):
