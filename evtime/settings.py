@@ -283,7 +283,7 @@ class Settings:
     # -- the app's state and guarantee
     state_dir: Path = field(default=Path("state"), metadata=_meta(
         "app", PATH, "Folder of the app's state: one RocksDB database per partition task.",
-        flag=True, app=True,
+        flag=True, app=True, default_text="./state",
     ))
     checkpoint_interval: int = field(default=1_000, metadata=_meta(
         "app", DURATION, "How often state, outputs and input offsets are checkpointed together.",
@@ -330,9 +330,9 @@ class Settings:
     kafka_bootstrap: str = field(default="127.0.0.1:9092", metadata=_meta(
         "kafka", TEXT,
         "Bootstrap servers (host:port, comma separated) of every Kafka source and sink "
-        "not given its own.",
+        "not given its own; by default the broker `evtime services up` starts.",
         derive=_bootstrap,
-        default_text="127.0.0.1:<kafka_port> (the broker `evtime services up` starts)",
+        default_text="127.0.0.1:<kafka_port>",
     ))
     kafka_broker_wait: float = field(default=600.0, metadata=_meta(
         "kafka", SECONDS_OR_INF,
