@@ -109,7 +109,7 @@ async def while_unreachable(
     Each failed attempt is logged; past the deadline, BrokerUnreachableError (with the
     last error chained) tells what to check.
     """
-    limit = broker_wait_s() if wait_s is None else wait_s
+    limit = wait_s  # resolved at the first failure: the settings are not read per send
     began = time.monotonic()
     delay = BACKOFF_FIRST_S
     while True:
@@ -119,6 +119,8 @@ async def while_unreachable(
             if not retry_if(exc):
                 raise
             waited = time.monotonic() - began
+            if limit is None:
+                limit = broker_wait_s()
             if waited + delay > limit:
                 raise BrokerUnreachableError(
                     f"{what}: the Kafka broker stayed unreachable for {waited:.0f} s "

@@ -173,7 +173,9 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """A flag per option declared with one (evtime/settings.py); checked when resolved."""
     for o in OPTIONS:
         if o.flag:
-            metavar = o.name.upper() if " " in o.kind.name else o.kind.name.upper()
+            kind = o.kind.name  # "duration", "port (0: any free one)", "text | json"
+            choices = kind.replace(" | ", ",")
+            metavar = f"{{{choices}}}" if "|" in kind else kind.split()[0].upper()
             parser.add_argument(o.flag, dest=o.name, metavar=metavar, help=f"{o.help} [{o.env}]")
 
 

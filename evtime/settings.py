@@ -45,7 +45,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -352,11 +352,8 @@ class Settings:
     ))
     # -- local services (`evtime services`)
     cache_dir: Path = field(default=Path("~/.cache/evtime"), metadata=_meta(
-        "services", PATH,
-        "Where `evtime services` keeps the Kafka and OpenSearch downloads, data, logs and "
-        "pids.",
-        derive=_cache_dir,
-        default_text="~/.cache/evtime",
+        "services", PATH, "Where `evtime services` keeps its downloads, data, logs and pids.",
+        derive=_cache_dir, default_text="~/.cache/evtime",
     ))
     kafka_port: int = field(default=9092, metadata=_meta(
         "services", PORT, "Port of the local Kafka broker."
@@ -407,32 +404,34 @@ class Settings:
             raise ConfigError(f"unknown settings {unknown}; see docs/configuration.md")
         values: dict[str, Any] = {}
         origins: dict[str, Origin] = {}
-        for option in sorted(OPTIONS, key=lambda o: o.derive is not None):
+        # Derived defaults (the bootstrap servers from the Kafka port) come last.
+        for opt in sorted(OPTIONS, key=lambda o: o.derive is not None):
             for origin, layer in layers:
-                raw = layer.get(option.env if origin is Origin.ENV else option.name)
+                raw = layer.get(opt.env if origin is Origin.ENV else opt.name)
                 if raw is not None and raw != "":
-                    values[option.name] = option.check(raw, origin)
-                    origins[option.name] = origin
+                    values[opt.name] = opt.check(raw, origin)
+                    origins[opt.name] = origin
                     break
             else:
-                derived = option.derive(values) if option.derive else option.default
-                values[option.name] = derived
-                origins[option.name] = Origin.DEFAULT
+                values[opt.name] = opt.derive(values) if opt.derive else opt.default
+                origins[opt.name] = Origin.DEFAULT
         return cls(**values, origins=origins)
 
     def origin(self, name: str) -> Origin:
         """Where option ``name``'s value came from."""
         return self.origins.get(name, Origin.DEFAULT)
 
+    def __repr__(self) -> str:  # masked, like every other view of the settings
+        return f"Settings({summary(self, tuple(SECTIONS))})"
 
-OPTIONS: tuple[Option, ...] = tuple(
-    Option(name=f.name, default=f.default, **{
-        **f.metadata[_META], "flag": "--" + f.name.replace("_", "-") if f.metadata[_META]["flag"]
-        else None,
-    })
-    for f in fields(Settings)
-    if _META in f.metadata
-)
+
+def _declared(f: Field[Any]) -> Option:
+    declared = dict(f.metadata[_META])
+    declared["flag"] = "--" + f.name.replace("_", "-") if declared["flag"] else None
+    return Option(name=f.name, default=f.default, **declared)
+
+
+OPTIONS: tuple[Option, ...] = tuple(_declared(f) for f in fields(Settings) if _META in f.metadata)
 """Every option, in declaration order."""
 
 _BY_NAME = {option.name: option for option in OPTIONS}

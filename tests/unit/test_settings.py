@@ -193,7 +193,7 @@ def test_the_cli_stops_on_a_bad_value_with_one_line(
 def test_a_urls_password_is_masked_wherever_settings_are_shown() -> None:
     settings = Settings.load(environ={"EVTIME_ELASTICSEARCH_URL": "https://ann:s3cret@es:9200/p"})
     assert settings.elasticsearch_url == "https://ann:s3cret@es:9200/p"  # the value itself
-    for shown in (table(settings), summary(settings), str(describe(settings))):
+    for shown in (table(settings), summary(settings), str(describe(settings)), repr(settings)):
         assert "s3cret" not in shown
         assert "https://ann:****@es:9200/p" in shown
 
