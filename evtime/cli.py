@@ -107,9 +107,10 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve(args: argparse.Namespace, app: Any) -> Settings:
-    """The settings of ``app`` run with ``args``; the app's plan takes its state directory,
-    checkpoint interval and guarantee from them (a flag or variable overrides the app's)."""
+def _resolve(args: argparse.Namespace | None, app: Any) -> Settings:
+    """The settings of ``app`` run with ``args``' flags; the app's plan takes its state
+    directory, checkpoint interval and guarantee from them (a flag or variable overrides
+    what the app declares)."""
     plan = app.plan
     declared = {
         "state_dir": plan.state_dir,
@@ -117,13 +118,21 @@ def _resolve(args: argparse.Namespace, app: Any) -> Settings:
         "processing": plan.guarantee,
     }
     settings = Settings.load(
-        flags=_flags(args),
+        flags=None if args is None else _flags(args),
         app={name: v for name, v in declared.items() if v != option(name).default},
     )
     plan.state_dir = settings.state_dir
     plan.checkpoint_interval = settings.checkpoint_interval
     plan.guarantee = settings.processing
     return settings
+
+
+def _load_configured_app(target: str) -> Any:
+    """The app with the environment's settings applied, for ``describe`` and ``state``
+    (which apply their own --state-dir after): they see the job as a worker runs it."""
+    app = load_app(target)
+    _resolve(None, app)
+    return app
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -170,7 +179,7 @@ def _services(args: argparse.Namespace) -> int:
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """A flag per option declared with one (evtime/settings.py); checked when resolved."""
+    """A flag per option declared with one (evtime/settings/model.py); checked when resolved."""
     for o in OPTIONS:
         if o.flag:
             kind = o.kind.name  # "duration", "port (0: any free one)", "text | json"
@@ -226,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rest", nargs=argparse.REMAINDER, help="up | down | restart | status [names]"
     )
     services.set_defaults(func=_services)
-    cli_state.add_commands(sub, load_app)
+    cli_state.add_commands(sub, _load_configured_app)
     return parser
 
 

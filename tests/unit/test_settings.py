@@ -1,4 +1,4 @@
-"""The settings model (evtime/settings.py): precedence, one-line validation errors naming the
+"""The settings model (evtime/settings/): precedence, one-line validation errors naming the
 option and its variable, masking, `evtime config`, and docs/configuration.md kept in step."""
 
 from __future__ import annotations
@@ -208,6 +208,33 @@ def test_a_secret_option_is_masked_and_its_bad_value_not_echoed() -> None:
     assert str(info.value) == "api_token: EVTIME_API_TOKEN=**** is not text"
 
 
+def test_kafka_credentials_are_secret_and_the_connection_options_match_kafka_connection() -> None:
+    from evtime.connectors.kafka_connection import ENV, SaslMechanism, SecurityProtocol
+
+    envs = {o.env for o in OPTIONS}
+    assert set(ENV.values()) <= envs  # every variable KafkaConnection names is declared
+    protocols = option("kafka_security_protocol").kind.name.split(" | ")
+    assert protocols == [p.value for p in SecurityProtocol]
+    mechanisms = option("kafka_sasl_mechanism").kind.name.split(" | ")
+    assert mechanisms == [m.value for m in SaslMechanism]
+    settings = Settings.load(
+        environ={
+            "EVTIME_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+            "EVTIME_KAFKA_SASL_MECHANISM": "scram-sha-512",
+            "EVTIME_KAFKA_SASL_USERNAME": "ann",
+            "EVTIME_KAFKA_SASL_PASSWORD": "hunter2",
+            "EVTIME_KAFKA_SSL_CHECK_HOSTNAME": "false",
+        }
+    )
+    assert settings.kafka_security_protocol == "SASL_SSL"
+    assert settings.kafka_sasl_mechanism == "SCRAM-SHA-512"
+    assert settings.kafka_ssl_check_hostname is False
+    assert settings.kafka_sasl_password == "hunter2"
+    shown = table(settings) + summary(settings) + repr(settings)
+    assert "hunter2" not in shown and "kafka_sasl_password=****" in summary(settings)
+    assert "kafka_sasl_username=ann" in summary(settings)
+
+
 # -- `evtime config` and the start of a run -------------------------------------------------------
 JOB = """
 from pathlib import Path
@@ -281,6 +308,19 @@ def test_a_run_takes_its_flags_over_the_app_and_logs_its_settings(
     assert "kafka_heap" not in line  # the local services' options are not the worker's
 
 
+def test_describe_and_state_see_the_settings_a_worker_runs_with(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from evtime.cli import _load_configured_app
+
+    job = _job(tmp_path)
+    monkeypatch.setenv("EVTIME_STATE_DIR", str(tmp_path / "deployed"))
+    monkeypatch.setenv("EVTIME_PROCESSING", "at_least_once")
+    plan = _load_configured_app(str(job)).plan
+    assert plan.state_dir == tmp_path / "deployed"
+    assert plan.guarantee is Guarantee.AT_LEAST_ONCE  # the app declares exactly_once
+
+
 def test_the_verbose_flag_is_the_debug_level_and_an_explicit_level_wins(tmp_path: Path) -> None:
     from evtime.cli import _flags, build_parser
 
@@ -311,7 +351,7 @@ def test_the_supervisor_passes_options_to_its_workers_through_their_environment(
 def test_docs_configuration_md_is_generated_from_the_model() -> None:
     committed = (ROOT / "docs" / "configuration.md").read_text()
     assert committed == markdown(), (
-        "docs/configuration.md differs from evtime/settings.py: run "
+        "docs/configuration.md differs from evtime/settings/model.py: run "
         "`python -m evtime.settings --markdown > docs/configuration.md`"
     )
 
@@ -324,13 +364,13 @@ def test_every_variable_is_documented_once() -> None:
 
 
 def test_only_the_settings_module_reads_the_environment() -> None:
-    """os.environ / getenv in evtime/ and connectors/ only in settings.py (the local
+    """os.environ / getenv in evtime/ and connectors/ only in evtime/settings/ (the local
     services and the demos pass it on to the processes they start)."""
     readers = []
     for folder in ("evtime", "connectors"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
-            if rel == "evtime/settings.py" or "services" in rel or "demo" in rel:
+            if rel.startswith("evtime/settings/") or "services" in rel or "demo" in rel:
                 continue
             if re.search(r"os\.environ|getenv\(", path.read_text()):
                 readers.append(rel)

@@ -1,70 +1,38 @@
-"""Every runtime option of evtime, declared once: type, default, ``EVTIME_*`` variable, help.
-
-An option is a field of :class:`Settings`; its variable is ``EVTIME_`` and the field's name
-in capitals, and the options marked ``flag`` are also ``evtime run`` / ``evtime worker`` /
-``evtime config`` options (``--state-dir``). :meth:`Settings.load` resolves each option from
-the first place that gives it, highest first:
-
-1. an **argument**: a value given in code to the object that uses the option
-   (``app.worker(metrics_port=9100)``, ``KafkaSource(topic, bootstrap=...)``,
-   ``ElasticsearchSink(index, url=...)``);
-2. a **flag** on the ``evtime`` command line;
-3. the **environment** (``EVTIME_*``; an empty variable counts as unset);
-4. the **app**: what ``App(...)`` declares for ``state_dir``, ``checkpoint_interval`` and
-   ``processing``. These are the app's own defaults, which a deployment overrides with the
-   flag or the variable without editing the code (``evtime worker -p N`` gives each of its
-   processes ``--state-dir <state_dir>/worker-<i>`` this way);
-5. the **default** of the option.
-
-Every value is checked as it is resolved: a bad one raises a
-:class:`~evtime.errors.ConfigError` of one line naming the option and its variable
-(``checkpoint_interval: EVTIME_CHECKPOINT_INTERVAL='abc' is not a duration; give e.g. 1s,
-500ms``). Settings are resolved when a worker, client or command starts, never at import
-time, so a variable set before that (a test's ``monkeypatch.setenv``) is seen. This module
-is the one place of evtime and its connectors that reads the environment.
-
-Options marked ``secret`` (passwords, tokens, API keys) are masked wherever settings are
-shown, and so is the password of a URL (``http://user:****@host``): :func:`describe` (the
-table ``evtime config APP`` prints) and :func:`summary` (the line a worker logs at start).
-``python -m evtime.settings --markdown`` writes docs/configuration.md (:func:`markdown`).
-
-Why a frozen dataclass and not pydantic-settings: the model is a few dozen scalar options
-whose parsing is evtime's own (durations such as ``1s``, ports, ``inf`` seconds), and it
-needs what pydantic-settings does not give as such: the app layer between the environment
-and the default, the origin of every value for ``evtime config``, and one-line errors naming
-the variable. A small loader does all that in this module, with no new dependency of the
-worker.
-"""
+"""The settings model: each option a field of :class:`Settings`, and the loader that resolves
+them (see the package's docstring). The one module of evtime that reads the environment."""
 
 from __future__ import annotations
 
-import argparse
 import enum
-import math
 import os
-import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from evtime.errors import ConfigError
 from evtime.records import Guarantee
-from evtime.time import format_millis, to_millis
-
-__all__ = [
-    "OPTIONS",
-    "LogFormat",
-    "Option",
-    "Origin",
-    "Settings",
-    "child_environment",
-    "describe",
-    "markdown",
-    "summary",
-]
+from evtime.settings.kinds import (
+    BOOL,
+    DURATION,
+    FILE,
+    GUARANTEE,
+    HEAP,
+    LOG_FORMAT,
+    LOG_LEVEL,
+    MILLISECONDS,
+    PATH,
+    PORT,
+    PORT_OR_ZERO,
+    SASL_MECHANISM,
+    SECONDS,
+    SECONDS_OR_INF,
+    SECURITY_PROTOCOL,
+    TEXT,
+    URL,
+    Kind,
+    LogFormat,
+)
 
 ENV_PREFIX = "EVTIME_"
 
@@ -78,120 +46,6 @@ class Origin(enum.Enum):
     APP = "app"
     DEFAULT = "default"
 
-
-class LogFormat(enum.Enum):
-    """How log lines are written."""
-
-    TEXT = "text"
-    JSON = "json"
-
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-# -- kinds of values: parse (raising ValueError with what is wrong) and show -------------------
-@dataclass(frozen=True, slots=True)
-class Kind:
-    """A type of option: its name in the docs, how a given value is checked, how it is shown."""
-
-    name: str
-    parse: Callable[[Any], Any]
-    show: Callable[[Any], str] = str
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("is not text")
-    return value
-
-
-def _port(lowest: int) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
-        text = str(value).strip()
-        if isinstance(value, bool) or not text.isdigit() or not lowest <= int(text) <= 65535:
-            raise ValueError(f"is not a TCP port; give a number in {lowest}..65535")
-        return int(text)
-
-    return parse
-
-
-def _duration(value: Any) -> int:
-    try:
-        return to_millis(value, allow_zero=False)
-    except ConfigError:
-        raise ValueError("is not a duration; give e.g. 1s, 500ms") from None
-
-
-def _seconds(allow_inf: bool) -> Callable[[Any], float]:
-    def parse(value: Any) -> float:
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            seconds = math.nan
-        if isinstance(value, bool) or not seconds > 0 or (math.isinf(seconds) and not allow_inf):
-            hint = "a positive number of seconds" + (", or inf" if allow_inf else "")
-            raise ValueError(f"is not {hint}")
-        return seconds
-
-    return parse
-
-
-def _positive_int(value: Any) -> int:
-    text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or int(text) <= 0:
-        raise ValueError("is not a positive whole number")
-    return int(text)
-
-
-def _choice(enum_type: type[enum.Enum]) -> Callable[[Any], Any]:
-    def parse(value: Any) -> Any:
-        if isinstance(value, enum_type):
-            return value
-        try:
-            return enum_type(str(value).strip().lower())
-        except ValueError:
-            allowed = ", ".join(str(member.value) for member in enum_type)
-            raise ValueError(f"is not one of {allowed}") from None
-
-    return parse
-
-
-def _log_level(value: Any) -> str:
-    level = str(value).strip().upper()
-    if level not in LOG_LEVELS:
-        raise ValueError(f"is not a log level; give one of {', '.join(LOG_LEVELS)}")
-    return level
-
-
-def _heap(value: Any) -> str:
-    text = str(value).strip()
-    if not re.fullmatch(r"\d+[kmgKMG]?", text):
-        raise ValueError("is not a JVM heap size; give e.g. 512m or 1g")
-    return text
-
-
-def _show_url(url: str) -> str:
-    """``url`` with the password of its user part masked."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:****@{host}"))
-
-
-TEXT = Kind("text", _text)
-URL = Kind("URL", _text, _show_url)
-PATH = Kind("path", lambda value: Path(value).expanduser())
-PORT = Kind("port", _port(1))
-PORT_OR_ZERO = Kind("port (0: any free one)", _port(0))
-DURATION = Kind("duration", _duration, format_millis)
-SECONDS = Kind("seconds", _seconds(allow_inf=False), lambda value: f"{value:g}")
-SECONDS_OR_INF = Kind("seconds or inf", _seconds(allow_inf=True), lambda value: f"{value:g}")
-MILLISECONDS = Kind("milliseconds", _positive_int)
-GUARANTEE = Kind("at_least_once | exactly_once", _choice(Guarantee), lambda g: g.value)
-LOG_LEVEL = Kind(" | ".join(LOG_LEVELS), _log_level)
-LOG_FORMAT = Kind("text | json", _choice(LogFormat), lambda f: f.value)
-HEAP = Kind("JVM heap size", _heap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +188,45 @@ class Settings:
         derive=_bootstrap,
         default_text="127.0.0.1:<kafka_port>",
     ))
+    kafka_security_protocol: str = field(default="PLAINTEXT", metadata=_meta(
+        "kafka", SECURITY_PROTOCOL,
+        "security.protocol of every Kafka client: TLS with SSL / SASL_SSL, authentication "
+        "with SASL_PLAINTEXT / SASL_SSL.",
+    ))
+    kafka_sasl_mechanism: str | None = field(default=None, metadata=_meta(
+        "kafka", SASL_MECHANISM,
+        "SASL mechanism under SASL_*: PLAIN and SCRAM take the username and password, "
+        "OAUTHBEARER the token provider.",
+    ))
+    kafka_sasl_username: str | None = field(default=None, metadata=_meta(
+        "kafka", TEXT, "SASL username (PLAIN, SCRAM)."
+    ))
+    kafka_sasl_password: str | None = field(default=None, metadata=_meta(
+        "kafka", TEXT, "SASL password (PLAIN, SCRAM).", secret=True
+    ))
+    kafka_oauth_token_provider: str | None = field(default=None, metadata=_meta(
+        "kafka", TEXT,
+        "module:attribute of an aiokafka AbstractTokenProvider (OAUTHBEARER): its token() "
+        "gives a fresh token whenever a client authenticates.",
+    ))
+    kafka_ssl_ca_file: str | None = field(default=None, metadata=_meta(
+        "kafka", FILE,
+        "PEM file of the CA that signed the brokers' certificates. Unset: the system's CAs.",
+    ))
+    kafka_ssl_cert_file: str | None = field(default=None, metadata=_meta(
+        "kafka", FILE, "PEM file of a client certificate, for brokers that require one."
+    ))
+    kafka_ssl_key_file: str | None = field(default=None, metadata=_meta(
+        "kafka", FILE, "PEM file of the client certificate's private key."
+    ))
+    kafka_ssl_key_password: str | None = field(default=None, metadata=_meta(
+        "kafka", TEXT, "Password of the client certificate's private key.", secret=True
+    ))
+    kafka_ssl_check_hostname: bool = field(default=True, metadata=_meta(
+        "kafka", BOOL,
+        "Whether a broker's certificate must name its host; turn it off only for a test "
+        "cluster.",
+    ))
     kafka_broker_wait: float = field(default=600.0, metadata=_meta(
         "kafka", SECONDS_OR_INF,
         "How long a Kafka client retries an unreachable broker (and a sink its sends) "
@@ -422,6 +315,8 @@ class Settings:
         return self.origins.get(name, Origin.DEFAULT)
 
     def __repr__(self) -> str:  # masked, like every other view of the settings
+        from evtime.settings.views import summary
+
         return f"Settings({summary(self, tuple(SECTIONS))})"
 
 
@@ -454,92 +349,6 @@ def option(name: str) -> Option:
         raise ConfigError(f"no option {name!r}; see docs/configuration.md") from None
 
 
-# -- showing settings ---------------------------------------------------------------------------
-def describe(
-    settings: Settings, sections: Sequence[str] = tuple(SECTIONS)
-) -> list[tuple[str, str, str, str]]:
-    """One row per option of ``sections``: name, value (masked), origin, variable."""
-    return [
-        (o.name, o.show(getattr(settings, o.name)), settings.origin(o.name).value, o.env)
-        for o in OPTIONS
-        if o.section in sections
-    ]
-
-
-def table(settings: Settings) -> str:
-    """The settings as ``evtime config`` prints them: a column each for the option, its
-    value, where it came from and its variable, under a heading per section."""
-    header = ("option", "value", "from", "variable")
-    rows = describe(settings)
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
-
-    def line(cells: tuple[str, str, str, str]) -> str:
-        padded = [c.ljust(w) for c, w in zip(cells, widths, strict=False)]
-        return "  ".join([*padded, cells[3]])
-
-    lines = [line(header)]
-    for section, title in SECTIONS.items():
-        lines += ["", f"# {title}"]
-        lines += [line(row) for row in describe(settings, (section,))]
-    return "\n".join(lines) + "\n"
-
-
-RUNTIME_SECTIONS = ("app", "worker", "logging", "kafka", "elasticsearch")
-"""The sections a worker logs at start (not the local services')."""
-
-
-def summary(settings: Settings, sections: Sequence[str] = RUNTIME_SECTIONS) -> str:
-    """The settings on one line, for the log: ``name=value`` (masked), followed by its
-    origin in brackets when it is not the default."""
-    parts = []
-    for name, value, origin, _ in describe(settings, sections):
-        parts.append(f"{name}={value}" + ("" if origin == "default" else f" [{origin}]"))
-    return ", ".join(parts)
-
-
-def markdown() -> str:
-    """docs/configuration.md: every option, by section (generated; do not edit by hand)."""
-    out = [
-        "# Configuration",
-        "",
-        "<!-- Generated by `python -m evtime.settings --markdown > docs/configuration.md` from",
-        "     evtime/settings.py; a unit test fails when the two differ. -->",
-        "",
-        "Every option of evtime is declared once, in `evtime/settings.py`. Each is read",
-        "from, highest precedence first:",
-        "",
-        "1. an **argument** given in code to the object that uses it",
-        "   (`app.worker(metrics_port=9100)`, `KafkaSource(topic, bootstrap=...)`);",
-        "2. a **flag** of `evtime run` / `evtime worker` / `evtime config`;",
-        "3. its **environment variable** (`EVTIME_*`; empty counts as unset);",
-        "4. the **app**: what `App(...)` declares (`state_dir`, `checkpoint_interval`,",
-        "   `processing`), the app's own defaults;",
-        "5. its **default**.",
-        "",
-        "A bad value stops the command with one line naming the option and its variable.",
-        "`evtime config APP` prints every value and where it came from; a worker logs them",
-        "at start. Secrets (passwords, tokens, API keys, a URL's password) are masked.",
-        "",
-    ]
-    for section, title in SECTIONS.items():
-        out += [f"## {title}", "", "| Option | Variable | Flag | Type | Default | Description |"]
-        out.append("|---|---|---|---|---|---|")
-        for o in OPTIONS:
-            if o.section != section:
-                continue
-            default = o.default_text or o.show(o.default)
-            cells = (
-                f"`{o.name}`",
-                f"`{o.env}`",
-                f"`{o.flag}`" if o.flag else "",
-                o.kind.name.replace("|", "\\|"),
-                f"`{default}`" if default != "-" else "unset",
-                o.help.replace("|", "\\|"),
-            )
-            out.append("| " + " | ".join(cells) + " |")
-        out.append("")
-    return "\n".join(out)
-
 
 def child_environment(
     given: Mapping[str, str] | None = None, removed: Sequence[str] = ()
@@ -553,21 +362,3 @@ def child_environment(
         env[option(name).env] = value
     return env
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m evtime.settings", description="evtime's options."
-    )
-    parser.add_argument(
-        "--markdown", action="store_true", help="write docs/configuration.md's text"
-    )
-    args = parser.parse_args(argv)
-    if args.markdown:
-        sys.stdout.write(markdown())
-    else:
-        sys.stdout.write(table(Settings.load()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
