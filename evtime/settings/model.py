@@ -47,6 +47,15 @@ class Origin(enum.Enum):
     DEFAULT = "default"
 
 
+SECTIONS = {  # an option's section: its heading in `evtime config` and the docs
+    "app": "The app",
+    "worker": "The worker",
+    "logging": "Logging",
+    "kafka": "Kafka",
+    "elasticsearch": "Elasticsearch / OpenSearch",
+    "services": "Local services (`evtime services`)",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Option:
@@ -331,14 +340,6 @@ OPTIONS: tuple[Option, ...] = tuple(_declared(f) for f in fields(Settings) if _M
 
 _BY_NAME = {option.name: option for option in OPTIONS}
 _APP = {option.name for option in OPTIONS if option.app}
-SECTIONS = {
-    "app": "The app",
-    "worker": "The worker",
-    "logging": "Logging",
-    "kafka": "Kafka",
-    "elasticsearch": "Elasticsearch / OpenSearch",
-    "services": "Local services (`evtime services`)",
-}
 
 
 def option(name: str) -> Option:
@@ -347,7 +348,6 @@ def option(name: str) -> Option:
         return _BY_NAME[name]
     except KeyError:
         raise ConfigError(f"no option {name!r}; see docs/configuration.md") from None
-
 
 
 def child_environment(
