@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from evtime import cli_state
+from evtime import __version__, cli_state
 from evtime.errors import ConfigError, EvtimeError
 from evtime.settings import OPTIONS, LogFormat, Origin, Settings, option, summary, table
 
@@ -43,7 +43,14 @@ def load_app(target: str) -> Any:
                 f"cannot import {module_name!r}: {exc}; give MODULE:APP (e.g. myjob:app) or "
                 "path/to/job.py:app"
             ) from exc
-    app = getattr(module, attr, None)
+    if not hasattr(module, attr):
+        apps = sorted(name for name, v in vars(module).items() if isinstance(v, App))
+        found = f" (apps in it: {', '.join(apps)})" if apps else " (it defines no App)"
+        raise ConfigError(
+            f"{module_name} has no attribute {attr!r}{found}; give MODULE:APP with the name of "
+            "the variable holding App(...)"
+        )
+    app = getattr(module, attr)
     if not isinstance(app, App):
         raise ConfigError(
             f"{module_name}:{attr} is {type(app).__name__}, not an evtime App; point at the "
@@ -194,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Event-time stream processing for Python on Kafka.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--version", action="version", version=f"evtime {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run an app until its bounded input ends (local sources)")
@@ -262,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`evtime run job.py | head`): stop quietly, as `cat` does;
+        # stdout goes to /dev/null so that the interpreter's last flush fails no more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 
