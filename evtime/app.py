@@ -150,12 +150,21 @@ class App:
             policy,
             batch_size,
         )
-        if dead_letter is None:
-            from evtime.connectors.local import JsonLinesSink
-
-            dead_letter = JsonLinesSink(Path(state_dir) / name / "dead-letters.jsonl")
-        self.plan.dead_letter = dead_letter
+        self._default_dead_letter = dead_letter is None
+        self.plan.dead_letter = dead_letter or self._dead_letter_file()
         self.plan.guarantee = guarantee
+
+    def _dead_letter_file(self) -> DeadLetterSink:
+        from evtime.connectors.local import JsonLinesSink
+
+        return JsonLinesSink(self.plan.state_dir / self.name / "dead-letters.jsonl")
+
+    def use_state_dir(self, state_dir: str | Path) -> None:
+        """Move the app's state to ``state_dir`` (``--state-dir``, ``EVTIME_STATE_DIR``),
+        with the default dead-letter file, which lives in it."""
+        self.plan.state_dir = Path(state_dir)
+        if self._default_dead_letter:
+            self.plan.dead_letter = self._dead_letter_file()
 
     # -- declarations -------------------------------------------------------------
     def source(

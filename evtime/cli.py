@@ -128,7 +128,7 @@ def _resolve(args: argparse.Namespace | None, app: Any) -> Settings:
         flags=None if args is None else _flags(args),
         app={name: v for name, v in declared.items() if v != option(name).default},
     )
-    plan.state_dir = settings.state_dir
+    app.use_state_dir(settings.state_dir)
     plan.checkpoint_interval = settings.checkpoint_interval
     plan.guarantee = settings.processing
     return settings

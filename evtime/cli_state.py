@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from evtime.errors import ConfigError
@@ -21,7 +20,7 @@ def add_commands(sub: Any, load_app: Any) -> None:
 
         app = load_app(args.app)
         if args.state_dir:
-            app.plan.state_dir = Path(args.state_dir)
+            app.use_state_dir(args.state_dir)
         counts, problem = _partition_counts(app)
         desc = describe_plan(app.plan, counts)
         if args.json:
@@ -37,7 +36,7 @@ def add_commands(sub: Any, load_app: Any) -> None:
 
         app = load_app(args.app)
         if args.state_dir:
-            app.plan.state_dir = Path(args.state_dir)
+            app.use_state_dir(args.state_dir)
         target = ResetTarget.parse(args.to)
         client, job = _reset_job(app)
         if not args.verbose:

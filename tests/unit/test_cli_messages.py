@@ -71,3 +71,16 @@ def test_a_run_piped_into_head_ends_quietly(tmp_path: Path) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0
     assert "Traceback" not in err and "BrokenPipe" not in err, err[-2000:]
+
+
+def test_state_dir_moves_the_default_dead_letter_file(tmp_path: Path) -> None:
+    job = _job(tmp_path, 10)
+    data = tmp_path / "clicks.jsonl"
+    with data.open("a") as f:
+        f.write("{not json\n")
+    done = _evtime("run", f"{job}:app", "--state-dir", str(tmp_path / "elsewhere"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    moved = tmp_path / "elsewhere" / "clicks" / "dead-letters.jsonl"
+    assert moved.is_file(), done.stderr[-2000:]
+    assert json.loads(moved.read_text().splitlines()[0])["reason"] == "decode"
+    assert not (tmp_path / "state" / "clicks" / "dead-letters.jsonl").exists()
