@@ -65,6 +65,7 @@ from evtime.operators.base import (
     emit_shaped,
     send_late,
 )
+from evtime.operators.timers import NO_TIMER, EventTimers
 from evtime.records import (
     Batch,
     DeadLetter,
@@ -76,9 +77,7 @@ from evtime.records import (
 )
 from evtime.state import KeyValueStore, TaskDB, TimerQueue
 from evtime.state.codec import decode_key, encode_key
-from evtime.time import MAX_TIMESTAMP, MIN_TIMESTAMP, Clock
-
-NO_TIMER = MAX_TIMESTAMP + 1
+from evtime.time import MAX_TIMESTAMP, Clock
 
 LEFT = 0
 RIGHT = 1
@@ -188,10 +187,7 @@ class JoinOperator:
         )
         self._topics = (spec.left.topic, spec.right.topic)
         self._store: KeyValueStore[Any] = db.store(f"{spec.name}.rows")
-        self._timers = TimerQueue(db, f"{spec.name}.timers")
-        self._next_timer = NO_TIMER
-        self._refresh_next_timer()
-        self._wm = MIN_TIMESTAMP
+        self._events = EventTimers(db, f"{spec.name}.timers")
         self._partition = partition
         self.late_count = 0
         self.emitted_count = 0
@@ -208,8 +204,9 @@ class JoinOperator:
             right_pred = self.spec.right.predicate
         keys, values, tss, wms = batch.keys, batch.values, batch.timestamps, batch.watermarks
         raw = batch.raw
-        if batch.watermark_before > self._wm:
-            self._wm = batch.watermark_before
+        events = self._events
+        if batch.watermark_before > events.watermark:
+            events.watermark = batch.watermark_before
         insert = self._insert
         for i in range(len(tss)):
             value = values[i]
@@ -221,7 +218,7 @@ class JoinOperator:
                 in_left = in_right = False
             if in_left or in_right:
                 ts = tss[i]
-                if ts <= self._wm:
+                if ts <= events.watermark:
                     self._late_record(batch, i)
                 else:
                     offset = raw[i].offset
@@ -229,18 +226,13 @@ class JoinOperator:
                         insert(LEFT, keys[i], ts, offset, value)
                     if in_right:
                         insert(RIGHT, keys[i], ts, offset, value)
-            wm = wms[i]
-            if wm > self._wm:
-                self._wm = wm
             # Also when the watermark did not move: a row may be due at once (upper < 0).
-            if self._wm >= self._next_timer:
-                self._fire_due(self._wm)
+            if events.advance(wms[i]):
+                events.fire(self._on_timer)
 
     def on_watermark(self, watermark: int) -> None:
-        if watermark > self._wm:
-            self._wm = watermark
-        if self._wm >= self._next_timer:
-            self._fire_due(self._wm)
+        if self._events.advance(watermark):
+            self._events.fire(self._on_timer)
 
     def on_processing_time(self, now_ms: int) -> None:
         return None
@@ -271,7 +263,7 @@ class JoinOperator:
         timer_at = entry[_TIMER_AT]
         if timer_at is None or due < timer_at:
             entry[_TIMER_AT] = due
-            self._register(due, key)
+            self._events.register(due, encode_key(key))
         store.put(key, entry)
 
     def _point(self, side: int, ts: int) -> int:
@@ -288,24 +280,12 @@ class JoinOperator:
                 return partial
         return point
 
-    def _register(self, ts: int, key: KeyObj) -> None:
-        self._timers.register(ts, encode_key(key))
-        if ts < self._next_timer:
-            self._next_timer = ts
-
-    def _refresh_next_timer(self) -> None:
-        nxt = self._timers.next_time()
-        self._next_timer = NO_TIMER if nxt is None else nxt
-
-    def _fire_due(self, watermark: int) -> None:
-        store = self._store
-        for ts, payload in self._timers.pop_due(watermark):
-            key = decode_key(payload)
-            entry = store.get(key)
-            if entry is None or entry[_TIMER_AT] != ts:
-                continue  # superseded by an earlier timer of the key, which re-armed it
-            self._expire(key, entry, watermark)
-        self._refresh_next_timer()
+    def _on_timer(self, ts: int, payload: bytes) -> None:
+        key = decode_key(payload)
+        entry = self._store.get(key)
+        if entry is None or entry[_TIMER_AT] != ts:
+            return  # superseded by an earlier timer of the key, which re-armed it
+        self._expire(key, entry, self._events.watermark)
 
     def _expire(self, key: KeyObj, entry: list[Any], watermark: int) -> None:
         """Emit the due unmatched rows of ``key``, drop its expired rows, re-arm its timer."""
@@ -336,7 +316,7 @@ class JoinOperator:
             entry[side] = keep
         if entry[LEFT] or entry[RIGHT]:
             entry[_TIMER_AT] = nxt
-            self._register(nxt, key)
+            self._events.register(nxt, encode_key(key))
             self._store.put(key, entry)
         else:
             self._store.delete(key)
@@ -425,12 +405,13 @@ class JoinOperator:
 
     def _late_record(self, batch: Batch, i: int) -> None:
         self.late_count += 1
+        wm = self._events.watermark
         send_late(
             self._collector,
             self.spec.late_output,
             batch,
             i,
-            f"event time {batch.timestamps[i]} is at or behind the watermark {self._wm} of "
+            f"event time {batch.timestamps[i]} is at or behind the watermark {wm} of "
             f"join {self.name!r}: its partners may be gone already; raise the source's "
             "max_out_of_orderness to wait longer for out-of-order rows",
             self.name,
@@ -439,11 +420,11 @@ class JoinOperator:
     # -- introspection (tests, metrics) ----------------------------------------------
     @property
     def watermark(self) -> int:
-        return self._wm
+        return self._events.watermark
 
     @property
     def timers(self) -> TimerQueue:
-        return self._timers
+        return self._events.queue
 
     @property
     def store(self) -> KeyValueStore[Any]:

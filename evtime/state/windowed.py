@@ -20,8 +20,8 @@ from evtime.records import KeyObj
 from evtime.state import codec
 from evtime.state.codec import decode_int, decode_key, encode_int, encode_key
 from evtime.state.store import Change, TaskDB, raw_items, raw_keys
+from evtime.time import MAX_TIMESTAMP
 
-_LAST = (1 << 63) - 1
 DIRTY = 3
 """Index of the dirty flag in a cached entry."""
 
@@ -51,7 +51,7 @@ class WindowStore:
         while it.valid():
             start = decode_int(it.key()[:8])
             starts.add(start)
-            if start >= _LAST:
+            if start >= MAX_TIMESTAMP:
                 break
             it.seek(encode_int(start + 1))
         del it
@@ -165,4 +165,4 @@ class WindowStore:
 
 def _after(start: int) -> bytes:
     """The first key after every key of ``start``."""
-    return encode_int(start + 1) if start < _LAST else b"\xff" * 9
+    return encode_int(start + 1) if start < MAX_TIMESTAMP else b"\xff" * 9
