@@ -18,7 +18,7 @@ from evtime.operators.window_base import WindowOperatorBase
 from evtime.records import Batch, EmitKind, KeyObj, Output, WindowResult, window_id
 from evtime.state import TaskDB
 from evtime.state.codec import decode_int, encode_int, encode_key
-from evtime.state.windowed import DIRTY, WindowStore
+from evtime.state.windowed import WindowEntry, WindowStore
 from evtime.time import Clock
 from evtime.windows import Sliding, Tumbling
 
@@ -34,7 +34,7 @@ class FixedWindowOperator(WindowOperatorBase):
     """Tumbling and sliding windows: every window of a key has its own accumulator.
 
     State: a :class:`~evtime.state.windowed.WindowStore` of
-    ``(start, key) -> [acc, emissions, records_since_early]``. Timers: one per
+    ``(start, key) -> WindowEntry(acc, emissions, since_early)``. Timers: one per
     window *start*, not per key: fire at ``end - 1`` (every key's window of
     that start is emitted, in key order) and cleanup at
     ``end - 1 + allowed_lateness``.
@@ -120,7 +120,7 @@ class FixedWindowOperator(WindowOperatorBase):
         opened = store.open
         persisted = store.persisted
         size = self._size
-        buckets: dict[int, dict[KeyObj, list[Any]]] = {}
+        buckets: dict[int, dict[KeyObj, WindowEntry]] = {}
         for start in set(seg_starts):
             bucket = opened.get(start)
             if bucket is None:
@@ -137,10 +137,10 @@ class FixedWindowOperator(WindowOperatorBase):
                 if start in persisted:
                     entry = store.load(start, key)
                 if entry is None:
-                    bucket[key] = [zero + amount, 0, 0, True]
+                    bucket[key] = WindowEntry(zero + amount, 0, 0, True)
                     continue
-            entry[0] = entry[0] + amount
-            entry[DIRTY] = True
+            entry.acc = entry.acc + amount
+            entry.dirty = True
         return True
 
     def _process_range(self, batch: Batch, lo: int, hi: int, wm: int) -> None:
@@ -163,7 +163,7 @@ class FixedWindowOperator(WindowOperatorBase):
         sum_field = agg.field if type(agg) is Sum and isinstance(agg.field, str) else None
         counting = type(agg) is Count
         cur_start: int | None = None
-        bucket: dict[KeyObj, list[Any]] = {}
+        bucket: dict[KeyObj, WindowEntry] = {}
         for i in range(lo, hi):
             ts = tss[i]
             last_start = ts - (ts - offset) % slide
@@ -191,19 +191,19 @@ class FixedWindowOperator(WindowOperatorBase):
                             if last_start in persisted:
                                 entry = store.load(last_start, key)
                             if entry is None:
-                                bucket[key] = [add(init(), values[i], ts), 0, 0, True]
+                                bucket[key] = WindowEntry(add(init(), values[i], ts), 0, 0, True)
                                 entry = None
                             else:
-                                entry[0] = add(entry[0], values[i], ts)
-                                entry[DIRTY] = True
+                                entry.acc = add(entry.acc, values[i], ts)
+                                entry.dirty = True
                         else:
                             if sum_field is not None:
-                                entry[0] = entry[0] + values[i][sum_field]
+                                entry.acc = entry.acc + values[i][sum_field]
                             elif counting:
-                                entry[0] += 1
+                                entry.acc += 1
                             else:
-                                entry[0] = add(entry[0], values[i], ts)
-                            entry[DIRTY] = True
+                                entry.acc = add(entry.acc, values[i], ts)
+                            entry.dirty = True
                     except Exception as exc:
                         self._bad_record(batch, i, exc)
             else:
@@ -236,12 +236,13 @@ class FixedWindowOperator(WindowOperatorBase):
                 entry = store.load(start, key)
             try:
                 if entry is None:
-                    entry = bucket[key] = [self._agg.add(self._agg.init(), value, ts), 0, 0, True]
+                    acc = self._agg.add(self._agg.init(), value, ts)
+                    entry = bucket[key] = WindowEntry(acc, 0, 0, True)
                     if start not in self._fire_starts:
                         self._register_start(start, fire_at, wm)
                 else:
-                    entry[0] = self._agg.add(entry[0], value, ts)
-                    entry[DIRTY] = True
+                    entry.acc = self._agg.add(entry.acc, value, ts)
+                    entry.dirty = True
             except Exception as exc:
                 self._bad_record(batch, i, exc)
                 return
@@ -249,9 +250,9 @@ class FixedWindowOperator(WindowOperatorBase):
                 self._fire_window(key, start, entry)
             else:
                 if self.spec.early_every is not None:
-                    entry[2] += 1
-                    if entry[2] >= self.spec.early_every:
-                        entry[2] = 0
+                    entry.since_early += 1
+                    if entry.since_early >= self.spec.early_every:
+                        entry.since_early = 0
                         self._emit_early(key, start, entry)
                 if self.spec.early_interval is not None:
                     self._touched.add((start, key))
@@ -276,17 +277,16 @@ class FixedWindowOperator(WindowOperatorBase):
                 fire_at + self._lateness, bytes((_CLEANUP,)) + encode_int(start)
             )
 
-    def _fire_window(self, key: KeyObj, start: int, entry: list[Any]) -> None:
-        kind = EmitKind.FINAL if entry[1] == 0 else EmitKind.UPDATE
-        entry[1] += 1
-        entry[DIRTY] = True
+    def _fire_window(self, key: KeyObj, start: int, entry: WindowEntry) -> None:
+        kind = EmitKind.FINAL if entry.emissions == 0 else EmitKind.UPDATE
+        entry.emissions += 1
+        entry.dirty = True
         self._store.touched.add(start)
-        self._emit(WindowResult(key, start, start + self._size, self._agg.result(entry[0]), kind))
+        self._emit(WindowResult(key, start, start + self._size, self._agg.result(entry.acc), kind))
 
-    def _emit_early(self, key: KeyObj, start: int, entry: list[Any]) -> None:
-        self._emit(
-            WindowResult(key, start, start + self._size, self._agg.result(entry[0]), EmitKind.EARLY)
-        )
+    def _emit_early(self, key: KeyObj, start: int, entry: WindowEntry) -> None:
+        result = self._agg.result(entry.acc)
+        self._emit(WindowResult(key, start, start + self._size, result, EmitKind.EARLY))
 
     def _on_timer(self, ts: int, payload: bytes) -> None:
         start = decode_int(payload[1:9])
@@ -310,10 +310,10 @@ class FixedWindowOperator(WindowOperatorBase):
         final, update = EmitKind.FINAL, EmitKind.UPDATE
         for key in _sorted_keys(entries):
             entry = entries[key]
-            kind = final if entry[1] == 0 else update
-            wr = WindowResult(key, start, end, result(entry[0]), kind)
-            entry[1] += 1
-            entry[DIRTY] = True
+            kind = final if entry.emissions == 0 else update
+            wr = WindowResult(key, start, end, result(entry.acc), kind)
+            entry.emissions += 1
+            entry.dirty = True
             self.emitted_count += 1
             if fn is None:
                 value: Any = wr.to_dict()
@@ -360,7 +360,7 @@ class FixedWindowOperator(WindowOperatorBase):
         return self._store.live_count()
 
 
-def _sorted_keys(entries: dict[KeyObj, list[Any]]) -> list[KeyObj]:
+def _sorted_keys(entries: dict[KeyObj, WindowEntry]) -> list[KeyObj]:
     keys = list(entries)
     if all(type(k) is str for k in keys):
         # UTF-8 preserves code point order: the same order as the encoded keys.

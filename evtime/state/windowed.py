@@ -6,8 +6,8 @@ is a map per start, which makes the per-record path two dict lookups and
 lets a fired window be dropped whole: one range deletion in the next
 snapshot instead of a tombstone per key.
 
-A cached entry is a list ``[acc, emissions, records_since_early, dirty]``;
-the first three are what RocksDB stores.
+A cached entry is a :class:`WindowEntry`; RocksDB stores its first three
+fields as the JSON list ``[acc, emissions, since_early]``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,31 @@ from evtime.state.codec import decode_int, decode_key, encode_int, encode_key
 from evtime.state.store import Change, TaskDB, raw_items, raw_keys
 from evtime.time import MAX_TIMESTAMP
 
-DIRTY = 3
-"""Index of the dirty flag in a cached entry."""
+
+class WindowEntry:
+    """One key's state in one window, as cached (a slotted class: the per-record path
+    reads and writes ``acc`` and ``dirty`` of one of these)."""
+
+    __slots__ = ("acc", "dirty", "emissions", "since_early")
+
+    def __init__(self, acc: Any, emissions: int, since_early: int, dirty: bool) -> None:
+        self.acc = acc
+        self.emissions = emissions
+        """Results emitted for the window (0 until it fired: then FINAL, after it UPDATE)."""
+        self.since_early = since_early
+        """Records since the last early firing (``early_every``)."""
+        self.dirty = dirty
+        """Changed since the last snapshot."""
+
+    def encode(self) -> bytes:
+        """The stored form: ``[acc, emissions, since_early]`` as JSON."""
+        return codec.dumps([self.acc, self.emissions, self.since_early])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> WindowEntry:
+        """A clean entry from its stored form."""
+        acc, emissions, since_early = codec.loads(raw)
+        return cls(acc, emissions, since_early, False)
 
 
 class WindowStore:
@@ -34,7 +57,7 @@ class WindowStore:
         self.cache_size = cache_size
         self._db = db
         self._cf = db._column(name)
-        self.open: dict[int, dict[KeyObj, list[Any]]] = {}
+        self.open: dict[int, dict[KeyObj, WindowEntry]] = {}
         """Cached entries by window start (hot path: use directly)."""
         self.touched: set[int] = set()
         """Starts with entries written since the last snapshot."""
@@ -57,24 +80,22 @@ class WindowStore:
         del it
         return starts
 
-    def bucket(self, start: int) -> dict[KeyObj, list[Any]]:
+    def bucket(self, start: int) -> dict[KeyObj, WindowEntry]:
         """The cached entries of ``start`` (created empty if needed)."""
         entries = self.open.get(start)
         if entries is None:
             entries = self.open[start] = {}
         return entries
 
-    def load(self, start: int, key: KeyObj) -> list[Any] | None:
+    def load(self, start: int, key: KeyObj) -> WindowEntry | None:
         """Read one entry from RocksDB into the cache (for a start in :attr:`persisted`)."""
         raw = self._cf.get(encode_int(start) + encode_key(key))
         if raw is None:
             return None
-        entry: list[Any] = codec.loads(raw)
-        entry.append(False)
-        self.bucket(start)[key] = entry
+        entry = self.bucket(start)[key] = WindowEntry.decode(raw)
         return entry
 
-    def load_all(self, start: int) -> dict[KeyObj, list[Any]]:
+    def load_all(self, start: int) -> dict[KeyObj, WindowEntry]:
         """Every entry of ``start``: the cache's, completed from RocksDB."""
         entries = self.bucket(start)
         if start in self.persisted:
@@ -84,9 +105,7 @@ class WindowStore:
             for raw_key, raw in raw_items(self._cf, prefix, ro):
                 key = decode_key(raw_key[8:])
                 if key not in entries:
-                    entry: list[Any] = codec.loads(raw)
-                    entry.append(False)
-                    entries[key] = entry
+                    entries[key] = WindowEntry.decode(raw)
         return entries
 
     def drop(self, start: int) -> None:
@@ -118,9 +137,9 @@ class WindowStore:
                 continue
             prefix = encode_int(start)
             for key, entry in entries.items():
-                if entry[DIRTY]:
+                if entry.dirty:
                     raw_key = prefix + encode_key(key)
-                    raw = codec.dumps(entry[:DIRTY])
+                    raw = entry.encode()
                     batch.put(raw_key, raw, handle)
                     if changes is not None:
                         changes.append(Change(self.name, raw_key, raw))
@@ -133,7 +152,7 @@ class WindowStore:
             entries = self.open.get(start)
             if entries:
                 for entry in entries.values():
-                    entry[DIRTY] = False
+                    entry.dirty = False
                 self.persisted.add(start)
         self.touched.clear()
         self._dropped.clear()
