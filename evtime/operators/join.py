@@ -60,22 +60,21 @@ from typing import Any
 from evtime.errors import ConfigError
 from evtime.operators.base import (
     Collector,
+    ResultEmitter,
     batch_dead_letter,
     describe_error,
-    emit_shaped,
     send_late,
 )
-from evtime.operators.timers import NO_TIMER, EventTimers
+from evtime.operators.timers import NO_TIMER, EventTimeOperator, EventTimers
 from evtime.records import (
     Batch,
-    DeadLetter,
     DeadLetterReason,
     EmitKind,
     JoinKind,
     JoinResult,
     KeyObj,
 )
-from evtime.state import KeyValueStore, TaskDB, TimerQueue
+from evtime.state import KeyValueStore, TaskDB
 from evtime.state.codec import StateEntry, decode_key, encode_key
 from evtime.time import MAX_TIMESTAMP, Clock
 
@@ -205,7 +204,7 @@ def _key_text(key: KeyObj) -> str:
     return key.hex() if isinstance(key, bytes) else f"{key}"
 
 
-class JoinOperator:
+class JoinOperator(EventTimeOperator):
     """Runs a :class:`JoinSpec` in one partition task."""
 
     def __init__(
@@ -214,7 +213,6 @@ class JoinOperator:
         self.spec = spec
         self.name = spec.name
         self._collector = collector
-        self._clock = clock
         self._lower = spec.lower
         self._upper = spec.upper
         self._after = spec.emit_unmatched_after
@@ -227,7 +225,9 @@ class JoinOperator:
         self._events = EventTimers(db, f"{spec.name}.timers")
         self._partition = partition
         self.late_count = 0
-        self.emitted_count = 0
+        self._results = ResultEmitter(
+            collector, spec.name, spec.output, spec.result_fn, spec.left.topic, partition
+        )
 
     # -- driving ------------------------------------------------------------
     def process(self, batch: Batch) -> None:
@@ -266,16 +266,6 @@ class JoinOperator:
             # Also when the watermark did not move: a row may be due at once (upper < 0).
             if events.advance(wms[i]):
                 events.fire(self._on_timer)
-
-    def on_watermark(self, watermark: int) -> None:
-        if self._events.advance(watermark):
-            self._events.fire(self._on_timer)
-
-    def on_processing_time(self, now_ms: int) -> None:
-        return None
-
-    def next_processing_time(self) -> int | None:
-        return None
 
     # -- rows -----------------------------------------------------------------
     def _insert(self, side: int, key: KeyObj, ts: int, offset: int, value: Any) -> None:
@@ -404,31 +394,9 @@ class JoinOperator:
         self._emit(result)
 
     def _emit(self, result: JoinResult) -> None:
-        self.emitted_count += 1
-        emit_shaped(
-            self._collector,
-            self.spec.output,
-            self.spec.result_fn,
-            result,
-            result.timestamp,
-            self._result_failed,
-        )
+        self._results.emit(result, result.timestamp)
 
     # -- bad and late input -------------------------------------------------------
-    def _result_failed(self, result: JoinResult, exc: Exception) -> None:
-        self._collector.dead_letter(
-            DeadLetter(
-                DeadLetterReason.USER_CODE,
-                f"result function of {self.name!r} raised {describe_error(exc)}",
-                self.spec.left.topic,
-                self._partition,
-                -1,
-                result.key,
-                result.to_dict(),
-                result.timestamp,
-                self.name,
-            )
-        )
 
     def _bad_predicate(self, batch: Batch, i: int, exc: Exception) -> None:
         self._collector.dead_letter(
@@ -457,12 +425,8 @@ class JoinOperator:
 
     # -- introspection (tests, metrics) ----------------------------------------------
     @property
-    def watermark(self) -> int:
-        return self._events.watermark
-
-    @property
-    def timers(self) -> TimerQueue:
-        return self._events.queue
+    def emitted_count(self) -> int:
+        return self._results.count
 
     @property
     def store(self) -> KeyValueStore[Any]:

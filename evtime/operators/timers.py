@@ -71,3 +71,34 @@ class EventTimers:
         for ts, payload in self.queue.pop_due(self.watermark):
             handle(ts, payload)
         self.refresh()
+
+
+class EventTimeOperator:
+    """Base of the operators that only event time drives (window, join): the watermark
+    fires their timers through :meth:`_on_timer`; no processing-time work by default."""
+
+    _events: EventTimers
+
+    def on_watermark(self, watermark: int) -> None:
+        if self._events.advance(watermark):
+            self._events.fire(self._on_timer)
+
+    def _on_timer(self, ts: int, payload: bytes) -> None:
+        """A timer of the operator fired (at the watermark)."""
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
+
+    def on_processing_time(self, now_ms: int) -> None:
+        return None
+
+    def next_processing_time(self) -> int | None:
+        return None
+
+    @property
+    def watermark(self) -> int:
+        """The operator's event-time watermark."""
+        return self._events.watermark
+
+    @property
+    def timers(self) -> TimerQueue:
+        """The event-time timer queue (for tests and metrics)."""
+        return self._events.queue

@@ -7,21 +7,21 @@ from typing import TYPE_CHECKING
 
 from evtime.operators.base import (
     Collector,
+    ResultEmitter,
     batch_dead_letter,
     describe_error,
-    emit_shaped,
     send_late,
 )
-from evtime.operators.timers import EventTimers
-from evtime.records import Batch, DeadLetter, DeadLetterReason, WindowResult
-from evtime.state import TaskDB, TimerQueue
+from evtime.operators.timers import EventTimeOperator, EventTimers
+from evtime.records import Batch, DeadLetterReason, WindowResult
+from evtime.state import TaskDB
 from evtime.time import Clock
 
 if TYPE_CHECKING:
     from evtime.operators.window import WindowSpec
 
 
-class WindowOperatorBase:
+class WindowOperatorBase(EventTimeOperator):
     """Emission, late records and timers of a window operator; subclasses define
     ``process`` and :meth:`_on_timer`."""
 
@@ -29,39 +29,21 @@ class WindowOperatorBase:
         self.spec = spec
         self.name = spec.name
         self._collector = collector
-        self._clock = clock
         self._agg = spec.aggregate
         self._lateness = spec.allowed_lateness
         self._events = EventTimers(db, f"{spec.name}.timers")
+        self._results = ResultEmitter(
+            collector, spec.name, spec.output, spec.result_fn, spec.source, -1
+        )
         self.late_count = 0
-        self.emitted_count = 0
+
+    @property
+    def emitted_count(self) -> int:
+        return self._results.count
 
     # -- emission -----------------------------------------------------------
     def _emit(self, result: WindowResult) -> None:
-        self.emitted_count += 1
-        emit_shaped(
-            self._collector,
-            self.spec.output,
-            self.spec.result_fn,
-            result,
-            result.end - 1,
-            self._result_failed,
-        )
-
-    def _result_failed(self, result: WindowResult, exc: Exception) -> None:
-        self._collector.dead_letter(
-            DeadLetter(
-                DeadLetterReason.USER_CODE,
-                f"result function of {self.name!r} raised {describe_error(exc)}",
-                self.spec.source,
-                -1,
-                -1,
-                result.key,
-                result.to_dict(),
-                result.end - 1,
-                self.name,
-            )
-        )
+        self._results.emit(result, result.end - 1)
 
     def _late_record(self, batch: Batch, i: int, watermark: int) -> None:
         self.late_count += 1
@@ -86,24 +68,3 @@ class WindowOperatorBase:
             )
         )
 
-    # -- driving ------------------------------------------------------------
-    def on_watermark(self, watermark: int) -> None:
-        if self._events.advance(watermark):
-            self._events.fire(self._on_timer)
-
-    def _on_timer(self, ts: int, payload: bytes) -> None:
-        raise NotImplementedError  # pragma: no cover - both subclasses define it
-
-    def on_processing_time(self, now_ms: int) -> None:
-        return None
-
-    def next_processing_time(self) -> int | None:
-        return None
-
-    @property
-    def watermark(self) -> int:
-        return self._events.watermark
-
-    @property
-    def timers(self) -> TimerQueue:
-        return self._events.queue

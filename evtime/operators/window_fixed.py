@@ -9,7 +9,7 @@ for the semantics every window shares).
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from evtime.aggregates import Count, Sum
 from evtime.errors import ConfigError
@@ -302,7 +302,7 @@ class FixedWindowOperator(WindowOperatorBase):
         keep = self._lateness > 0
         entries = self._store.load_all(start)
         result = self._agg.result
-        fn = self.spec.result_fn
+        shape = self._results.shape
         bucket = self._collector.bucket(self.spec.output)
         end = start + self._size
         ts = end - 1
@@ -314,19 +314,10 @@ class FixedWindowOperator(WindowOperatorBase):
             wr = WindowResult(key, start, end, result(entry.acc), kind)
             entry.emissions += 1
             entry.dirty = True
-            self.emitted_count += 1
-            if fn is None:
-                value: Any = wr.to_dict()
-            else:
-                try:
-                    value = fn(wr)
-                except Exception as exc:
-                    self._result_failed(wr, exc)
-                    continue
-                if value is None:
-                    continue
-            wid = key + suffix if type(key) is str else window_id(key, start, end)
-            bucket.append(Output(key, value, ts, wid))
+            value = shape(wr, ts)
+            if value is not None:
+                wid = key + suffix if type(key) is str else window_id(key, start, end)
+                bucket.append(Output(key, value, ts, wid))
         if keep:
             self._store.touched.add(start)
         else:

@@ -12,6 +12,7 @@ fields as the JSON list ``[acc, emissions, since_early]``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rocksdict import ReadOptions, WriteBatch
@@ -23,20 +24,18 @@ from evtime.state.store import Change, TaskDB, raw_items, raw_keys
 from evtime.time import MAX_TIMESTAMP
 
 
+@dataclass(slots=True, eq=False)
 class WindowEntry:
-    """One key's state in one window, as cached (a slotted class: the per-record path
-    reads and writes ``acc`` and ``dirty`` of one of these)."""
+    """One key's state in one window, as cached (slotted: the per-record path reads and
+    writes ``acc`` and ``dirty`` of one of these)."""
 
-    __slots__ = ("acc", "dirty", "emissions", "since_early")
-
-    def __init__(self, acc: Any, emissions: int, since_early: int, dirty: bool) -> None:
-        self.acc = acc
-        self.emissions = emissions
-        """Results emitted for the window (0 until it fired: then FINAL, after it UPDATE)."""
-        self.since_early = since_early
-        """Records since the last early firing (``early_every``)."""
-        self.dirty = dirty
-        """Changed since the last snapshot."""
+    acc: Any
+    emissions: int
+    """Results emitted for the window (0 until it fired: then FINAL, after it UPDATE)."""
+    since_early: int
+    """Records since the last early firing (``early_every``)."""
+    dirty: bool
+    """Changed since the last snapshot."""
 
     def encode(self) -> bytes:
         """The stored form: ``[acc, emissions, since_early]`` as JSON."""
