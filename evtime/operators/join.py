@@ -55,6 +55,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from evtime.errors import ConfigError
@@ -92,8 +93,9 @@ MATCHED = 2
 
 
 
-class JoinRow(StateEntry):
-    """A stored row of one side (stored as ``[ts, offset, value, status]``)."""
+class JoinRow:
+    """A stored row of one side (stored as ``[ts, offset, value, status]``, by
+    :class:`KeyRows`)."""
 
     __slots__ = ("offset", "status", "ts", "value")
 
@@ -104,8 +106,9 @@ class JoinRow(StateEntry):
         self.status = status
         """:data:`OPEN`, :data:`PARTIAL` or :data:`MATCHED`."""
 
-    def to_state(self) -> list[Any]:
-        return [self.ts, self.offset, self.value, self.status]
+
+_row_state = attrgetter("ts", "offset", "value", "status")
+"""A row's stored fields (a tuple: orjson writes it as the same array as a list)."""
 
 
 class KeyRows(StateEntry):
@@ -120,13 +123,19 @@ class KeyRows(StateEntry):
         """When the key's pending timer fires (None: none pending)."""
 
     def to_state(self) -> list[Any]:
-        return [self.sides[LEFT], self.sides[RIGHT], self.timer_at]
+        left, right = self.sides
+        return [list(map(_row_state, left)), list(map(_row_state, right)), self.timer_at]
 
     @classmethod
     def load(cls, stored: Any) -> KeyRows | None:
         """The entry as the store returned it: cached, or a list just read from RocksDB."""
         if stored is None or type(stored) is KeyRows:
             return stored
+        return cls.decode(stored)
+
+    @classmethod
+    def decode(cls, stored: list[Any]) -> KeyRows:
+        """The entry from its stored form."""
         left, right, timer_at = stored
         return cls([JoinRow(*r) for r in left], [JoinRow(*r) for r in right], timer_at)
 
@@ -271,9 +280,11 @@ class JoinOperator(EventTimeOperator):
     def _insert(self, side: int, key: KeyObj, ts: int, offset: int, value: Any) -> None:
         """Match a new row against the other side's stored rows of its key, then store it."""
         store = self._store
-        entry = KeyRows.load(store.get(key))
+        entry = store.get(key)
         if entry is None:
             entry = KeyRows([], [], None)
+        elif type(entry) is not KeyRows:
+            entry = KeyRows.decode(entry)  # just read from RocksDB
         matched = False
         others = entry.sides[1 - side]
         if others:
