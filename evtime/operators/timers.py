@@ -9,7 +9,10 @@ The timers themselves live in a :class:`~evtime.state.timers.TimerQueue`,
 the storage layer (persisted with the task's snapshot, ordered by time).
 This service is what operators build on that queue, which is why it lives
 with the operators and not in ``evtime.state``: the state layer knows
-nothing of watermarks.
+nothing of watermarks. The window and join operators derive from
+:class:`EventTimeOperator` (their timers fire from the watermark alone); the
+process operator uses :class:`EventTimers` directly, beside its
+processing-time queue.
 """
 
 from __future__ import annotations

@@ -62,8 +62,8 @@ def decode_key(data: bytes) -> KeyObj:
 
 
 class StateEntry:
-    """Base of the slotted classes operators keep in a store (a session, a join row):
-    :func:`dumps` writes one as the JSON list :meth:`to_state` returns, and the
+    """Base of the slotted classes operators keep in a store (a session, a key's join
+    rows): :func:`dumps` writes one as the JSON list :meth:`to_state` returns, and the
     operator rebuilds it from that list when it reads the key from RocksDB."""
 
     __slots__ = ()
