@@ -15,6 +15,7 @@ import orjson
 
 from evtime.errors import ConfigError, KeyExtractionError, SerdeError, TimestampError
 from evtime.records import KeyObj, RawRecord
+from evtime.time import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 
 class ValueFormat(enum.Enum):
@@ -130,10 +131,6 @@ def timestamp_getter(spec: TimestampSpec) -> Callable[[Any, RawRecord], int]:
     raise ConfigError(f"timestamp must be a field name, a function or None, not {spec!r}")
 
 
-_MIN = -(2**63)
-_MAX = 2**63 - 1
-
-
 def coerce_timestamp(ts: Any, what: str = "timestamp") -> int:
     """Accept int/float milliseconds, a datetime, or an ISO-8601 string; else TimestampError."""
     if isinstance(ts, bool) or ts is None:
@@ -155,7 +152,7 @@ def coerce_timestamp(ts: Any, what: str = "timestamp") -> int:
             ) from exc
     else:
         raise TimestampError(f"{what} has type {type(ts).__name__}; expected epoch milliseconds")
-    if not _MIN < result < _MAX:
+    if not MIN_TIMESTAMP < result < MAX_TIMESTAMP:
         raise TimestampError(f"{what} {ts!r} is out of range")
     return result
 

@@ -7,6 +7,7 @@ batch at a time, by their partition task.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from evtime.errors import DeadLetterPolicyError
@@ -110,28 +111,55 @@ def send_late(
     collector.dead_letter(batch_dead_letter(batch, i, DeadLetterReason.LATE, error, operator))
 
 
-def emit_shaped(
-    collector: Collector,
-    output_name: str,
-    fn: Callable[[Any], Any] | None,
-    result: Any,
-    timestamp: int,
-    on_error: Callable[[Any, Exception], None],
-) -> None:
-    """Emit an operator result (a WindowResult, a JoinResult) shaped by the user's ``fn``
-    (``result.to_dict()`` without one); None from ``fn`` emits nothing, an exception
-    goes to ``on_error``."""
-    if fn is None:
-        value: Any = result.to_dict()
-    else:
+@dataclass(slots=True)
+class ResultEmitter:
+    """How an operator emits its results (window or join results): shaped by the user's
+    result function (``result.to_dict()`` without one; None from it emits nothing) to
+    one output, and counted; a result whose function raised becomes a dead letter."""
+
+    collector: Collector
+    operator: str
+    output: str
+    fn: Callable[[Any], Any] | None
+    topic: str
+    """Where a dead letter says the result came from (the operator's input)."""
+    partition: int
+    count: int = 0
+    """Results emitted (or attempted: a raising result function counts)."""
+
+    def emit(self, result: Any, timestamp: int) -> None:
+        """Emit ``result`` at event time ``timestamp``."""
+        value = self.shape(result, timestamp)
+        if value is not None:
+            self.collector.emit(self.output, Output(result.key, value, timestamp, result.id))
+
+    def shape(self, result: Any, timestamp: int) -> Any:
+        """The value to emit for ``result`` (counted), or None to emit nothing."""
+        self.count += 1
+        fn = self.fn
+        if fn is None:
+            return result.to_dict()
         try:
-            value = fn(result)
+            return fn(result)
         except Exception as exc:
-            on_error(result, exc)
-            return
-        if value is None:
-            return
-    collector.emit(output_name, Output(result.key, value, timestamp, result.id))
+            self.failed(result, timestamp, exc)
+            return None
+
+    def failed(self, result: Any, timestamp: int, exc: Exception) -> None:
+        """The result function raised ``exc`` on ``result``: a dead letter."""
+        self.collector.dead_letter(
+            DeadLetter(
+                DeadLetterReason.USER_CODE,
+                f"result function of {self.operator!r} raised {describe_error(exc)}",
+                self.topic,
+                self.partition,
+                -1,
+                result.key,
+                result.to_dict(),
+                timestamp,
+                self.operator,
+            )
+        )
 
 
 def describe_error(exc: BaseException) -> str:

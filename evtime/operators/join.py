@@ -42,12 +42,12 @@ So every emitted row has its own id, and a row's unmatched document and its
 first joined document share one. In a 1:1 join every joined row carries the
 id of the row that arrived first.
 
-State: one store entry per key, ``[left rows, right rows, timer_at]``, a row
-being ``[ts, offset, value, status]`` (status: open, partial emitted,
-matched). Timers are lazy, as for session windows: a key keeps one pending
-timer at the earliest due time of its rows (a partial emission or an
-expiry); when it fires, every due row of the key is handled and the timer is
-armed again at the next due time.
+State: one store entry per key, a :class:`KeyRows` (its left rows, its right
+rows, its pending timer), a row being a :class:`JoinRow` (ts, offset, value,
+status: open, partial emitted, matched). Timers are lazy, as for session
+windows: a key keeps one pending timer at the earliest due time of its rows
+(a partial emission or an expiry); when it fires, every due row of the key is
+handled and the timer is armed again at the next due time.
 """
 
 from __future__ import annotations
@@ -55,37 +55,35 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from evtime.errors import ConfigError
 from evtime.operators.base import (
     Collector,
+    ResultEmitter,
     batch_dead_letter,
     describe_error,
-    emit_shaped,
     send_late,
 )
+from evtime.operators.timers import NO_TIMER, EventTimeOperator, EventTimers
 from evtime.records import (
     Batch,
-    DeadLetter,
     DeadLetterReason,
     EmitKind,
     JoinKind,
     JoinResult,
     KeyObj,
 )
-from evtime.state import KeyValueStore, TaskDB, TimerQueue
-from evtime.state.codec import decode_key, encode_key
-from evtime.time import MAX_TIMESTAMP, MIN_TIMESTAMP, Clock
-
-NO_TIMER = MAX_TIMESTAMP + 1
+from evtime.state import KeyValueStore, TaskDB
+from evtime.state.codec import StateEntry, decode_key, encode_key
+from evtime.time import MAX_TIMESTAMP, Clock
 
 LEFT = 0
 RIGHT = 1
 _SIDE_TAG = ("L", "R")
 
-# Row layout and statuses.
-_TS, _OFFSET, _VALUE, _STATUS = 0, 1, 2, 3
+# Row statuses.
 OPEN = 0
 """Stored, never matched, nothing emitted for it."""
 PARTIAL = 1
@@ -93,7 +91,53 @@ PARTIAL = 1
 MATCHED = 2
 """Matched at least once."""
 
-_TIMER_AT = 2  # index of the pending timer's time in a key's entry
+
+
+class JoinRow:
+    """A stored row of one side (stored as ``[ts, offset, value, status]``, by
+    :class:`KeyRows`)."""
+
+    __slots__ = ("offset", "status", "ts", "value")
+
+    def __init__(self, ts: int, offset: int, value: Any, status: int) -> None:
+        self.ts = ts
+        self.offset = offset
+        self.value = value
+        self.status = status
+        """:data:`OPEN`, :data:`PARTIAL` or :data:`MATCHED`."""
+
+
+_row_state = attrgetter("ts", "offset", "value", "status")
+"""A row's stored fields (a tuple: orjson writes it as the same array as a list)."""
+
+
+class KeyRows(StateEntry):
+    """A key's stored rows (stored as ``[left rows, right rows, timer_at]``)."""
+
+    __slots__ = ("sides", "timer_at")
+
+    def __init__(self, left: list[JoinRow], right: list[JoinRow], timer_at: int | None) -> None:
+        self.sides = [left, right]
+        """The rows of each side, indexed by :data:`LEFT` / :data:`RIGHT`."""
+        self.timer_at = timer_at
+        """When the key's pending timer fires (None: none pending)."""
+
+    def to_state(self) -> list[Any]:
+        left, right = self.sides
+        return [list(map(_row_state, left)), list(map(_row_state, right)), self.timer_at]
+
+    @classmethod
+    def load(cls, stored: Any) -> KeyRows | None:
+        """The entry as the store returned it: cached, or a list just read from RocksDB."""
+        if stored is None or type(stored) is KeyRows:
+            return stored
+        return cls.decode(stored)
+
+    @classmethod
+    def decode(cls, stored: list[Any]) -> KeyRows:
+        """The entry from its stored form."""
+        left, right, timer_at = stored
+        return cls([JoinRow(*r) for r in left], [JoinRow(*r) for r in right], timer_at)
 
 
 class JoinType(enum.Enum):
@@ -169,7 +213,7 @@ def _key_text(key: KeyObj) -> str:
     return key.hex() if isinstance(key, bytes) else f"{key}"
 
 
-class JoinOperator:
+class JoinOperator(EventTimeOperator):
     """Runs a :class:`JoinSpec` in one partition task."""
 
     def __init__(
@@ -178,7 +222,6 @@ class JoinOperator:
         self.spec = spec
         self.name = spec.name
         self._collector = collector
-        self._clock = clock
         self._lower = spec.lower
         self._upper = spec.upper
         self._after = spec.emit_unmatched_after
@@ -188,13 +231,12 @@ class JoinOperator:
         )
         self._topics = (spec.left.topic, spec.right.topic)
         self._store: KeyValueStore[Any] = db.store(f"{spec.name}.rows")
-        self._timers = TimerQueue(db, f"{spec.name}.timers")
-        self._next_timer = NO_TIMER
-        self._refresh_next_timer()
-        self._wm = MIN_TIMESTAMP
+        self._events = EventTimers(db, f"{spec.name}.timers")
         self._partition = partition
         self.late_count = 0
-        self.emitted_count = 0
+        self._results = ResultEmitter(
+            collector, spec.name, spec.output, spec.result_fn, spec.left.topic, partition
+        )
 
     # -- driving ------------------------------------------------------------
     def process(self, batch: Batch) -> None:
@@ -208,8 +250,9 @@ class JoinOperator:
             right_pred = self.spec.right.predicate
         keys, values, tss, wms = batch.keys, batch.values, batch.timestamps, batch.watermarks
         raw = batch.raw
-        if batch.watermark_before > self._wm:
-            self._wm = batch.watermark_before
+        events = self._events
+        if batch.watermark_before > events.watermark:
+            events.watermark = batch.watermark_before
         insert = self._insert
         for i in range(len(tss)):
             value = values[i]
@@ -221,7 +264,7 @@ class JoinOperator:
                 in_left = in_right = False
             if in_left or in_right:
                 ts = tss[i]
-                if ts <= self._wm:
+                if ts <= events.watermark:
                     self._late_record(batch, i)
                 else:
                     offset = raw[i].offset
@@ -229,49 +272,36 @@ class JoinOperator:
                         insert(LEFT, keys[i], ts, offset, value)
                     if in_right:
                         insert(RIGHT, keys[i], ts, offset, value)
-            wm = wms[i]
-            if wm > self._wm:
-                self._wm = wm
             # Also when the watermark did not move: a row may be due at once (upper < 0).
-            if self._wm >= self._next_timer:
-                self._fire_due(self._wm)
-
-    def on_watermark(self, watermark: int) -> None:
-        if watermark > self._wm:
-            self._wm = watermark
-        if self._wm >= self._next_timer:
-            self._fire_due(self._wm)
-
-    def on_processing_time(self, now_ms: int) -> None:
-        return None
-
-    def next_processing_time(self) -> int | None:
-        return None
+            if events.advance(wms[i]):
+                events.fire(self._on_timer)
 
     # -- rows -----------------------------------------------------------------
     def _insert(self, side: int, key: KeyObj, ts: int, offset: int, value: Any) -> None:
         """Match a new row against the other side's stored rows of its key, then store it."""
         store = self._store
-        entry: list[Any] | None = store.get(key)
+        entry = store.get(key)
         if entry is None:
-            entry = [[], [], None]
+            entry = KeyRows([], [], None)
+        elif type(entry) is not KeyRows:
+            entry = KeyRows.decode(entry)  # just read from RocksDB
         matched = False
-        others: list[list[Any]] = entry[1 - side]
+        others = entry.sides[1 - side]
         if others:
             lower, upper = self._lower, self._upper
             for other in others:
                 # b.ts - a.ts, whichever side the new row is on.
-                gap = other[_TS] - ts if side == LEFT else ts - other[_TS]
+                gap = other.ts - ts if side == LEFT else ts - other.ts
                 if lower <= gap <= upper:
                     matched = True
                     self._emit_pair(side, key, ts, offset, value, other)
-        row = [ts, offset, value, MATCHED if matched else OPEN]
-        entry[side].append(row)
+        row = JoinRow(ts, offset, value, MATCHED if matched else OPEN)
+        entry.sides[side].append(row)
         due = self._due(side, row)
-        timer_at = entry[_TIMER_AT]
+        timer_at = entry.timer_at
         if timer_at is None or due < timer_at:
-            entry[_TIMER_AT] = due
-            self._register(due, key)
+            entry.timer_at = due
+            self._events.register(due, encode_key(key))
         store.put(key, entry)
 
     def _point(self, side: int, ts: int) -> int:
@@ -279,64 +309,52 @@ class JoinOperator:
         point = ts + self._upper if side == LEFT else ts - self._lower
         return point if point < MAX_TIMESTAMP else MAX_TIMESTAMP
 
-    def _due(self, side: int, row: list[Any]) -> int:
+    def _due(self, side: int, row: JoinRow) -> int:
         """When the row needs attention next: its partial emission, else its expiry."""
-        point = self._point(side, row[_TS])
-        if self._after is not None and row[_STATUS] == OPEN and self._outer[side]:
-            partial: int = row[_TS] + self._after
+        point = self._point(side, row.ts)
+        if self._after is not None and row.status == OPEN and self._outer[side]:
+            partial = row.ts + self._after
             if partial < point:
                 return partial
         return point
 
-    def _register(self, ts: int, key: KeyObj) -> None:
-        self._timers.register(ts, encode_key(key))
-        if ts < self._next_timer:
-            self._next_timer = ts
+    def _on_timer(self, ts: int, payload: bytes) -> None:
+        key = decode_key(payload)
+        entry = KeyRows.load(self._store.get(key))
+        if entry is None or entry.timer_at != ts:
+            return  # superseded by an earlier timer of the key, which re-armed it
+        self._expire(key, entry, self._events.watermark)
 
-    def _refresh_next_timer(self) -> None:
-        nxt = self._timers.next_time()
-        self._next_timer = NO_TIMER if nxt is None else nxt
-
-    def _fire_due(self, watermark: int) -> None:
-        store = self._store
-        for ts, payload in self._timers.pop_due(watermark):
-            key = decode_key(payload)
-            entry = store.get(key)
-            if entry is None or entry[_TIMER_AT] != ts:
-                continue  # superseded by an earlier timer of the key, which re-armed it
-            self._expire(key, entry, watermark)
-        self._refresh_next_timer()
-
-    def _expire(self, key: KeyObj, entry: list[Any], watermark: int) -> None:
+    def _expire(self, key: KeyObj, entry: KeyRows, watermark: int) -> None:
         """Emit the due unmatched rows of ``key``, drop its expired rows, re-arm its timer."""
         nxt = NO_TIMER
         for side in (LEFT, RIGHT):
-            rows: list[list[Any]] = entry[side]
+            rows = entry.sides[side]
             if not rows:
                 continue
             outer = self._outer[side]
-            keep: list[list[Any]] = []
+            keep: list[JoinRow] = []
             for row in rows:
-                if self._point(side, row[_TS]) <= watermark:
-                    if outer and row[_STATUS] == OPEN:
+                if self._point(side, row.ts) <= watermark:
+                    if outer and row.status == OPEN:
                         self._emit_unmatched(side, key, row, EmitKind.FINAL)
                     continue
                 if (
                     outer
-                    and row[_STATUS] == OPEN
+                    and row.status == OPEN
                     and self._after is not None
-                    and row[_TS] + self._after <= watermark
+                    and row.ts + self._after <= watermark
                 ):
                     self._emit_unmatched(side, key, row, EmitKind.EARLY)
-                    row[_STATUS] = PARTIAL
+                    row.status = PARTIAL
                 due = self._due(side, row)
                 if due < nxt:
                     nxt = due
                 keep.append(row)
-            entry[side] = keep
-        if entry[LEFT] or entry[RIGHT]:
-            entry[_TIMER_AT] = nxt
-            self._register(nxt, key)
+            entry.sides[side] = keep
+        if entry.sides[LEFT] or entry.sides[RIGHT]:
+            entry.timer_at = nxt
+            self._events.register(nxt, encode_key(key))
             self._store.put(key, entry)
         else:
             self._store.delete(key)
@@ -346,71 +364,50 @@ class JoinOperator:
         return row_identity(self._topics[side], self._partition, offset)
 
     def _emit_pair(
-        self, side: int, key: KeyObj, ts: int, offset: int, value: Any, other: list[Any]
+        self, side: int, key: KeyObj, ts: int, offset: int, value: Any, other: JoinRow
     ) -> None:
         """A new row (``side``) matched a stored row ``other`` of the other side."""
         other_side = 1 - side
-        status = other[_STATUS]
+        status = other.status
         if status != MATCHED:
             # The stored row's first match takes its id (that of its partial row, if any).
-            rid = f"{_key_text(key)}|{_SIDE_TAG[other_side]}|{self._ident(other_side, other[1])}"
+            ident = self._ident(other_side, other.offset)
+            rid = f"{_key_text(key)}|{_SIDE_TAG[other_side]}|{ident}"
             emit = EmitKind.UPDATE if status == PARTIAL else EmitKind.FINAL
-            other[_STATUS] = MATCHED
+            other.status = MATCHED
         else:
             emit = EmitKind.FINAL
             if side == LEFT:
-                lo, ro = offset, other[_OFFSET]
+                lo, ro = offset, other.offset
             else:
-                lo, ro = other[_OFFSET], offset
+                lo, ro = other.offset, offset
             rid = f"{_key_text(key)}|{self._ident(LEFT, lo)}|{self._ident(RIGHT, ro)}"
         if side == LEFT:
             result = JoinResult(
-                key, value, other[_VALUE], JoinKind.JOINED, emit, ts, other[_TS], rid
+                key, value, other.value, JoinKind.JOINED, emit, ts, other.ts, rid
             )
         else:
             result = JoinResult(
-                key, other[_VALUE], value, JoinKind.JOINED, emit, other[_TS], ts, rid
+                key, other.value, value, JoinKind.JOINED, emit, other.ts, ts, rid
             )
         self._emit(result)
 
-    def _emit_unmatched(self, side: int, key: KeyObj, row: list[Any], emit: EmitKind) -> None:
-        rid = f"{_key_text(key)}|{_SIDE_TAG[side]}|{self._ident(side, row[_OFFSET])}"
+    def _emit_unmatched(self, side: int, key: KeyObj, row: JoinRow, emit: EmitKind) -> None:
+        rid = f"{_key_text(key)}|{_SIDE_TAG[side]}|{self._ident(side, row.offset)}"
         if side == LEFT:
             result = JoinResult(
-                key, row[_VALUE], None, JoinKind.UNMATCHED, emit, row[_TS], None, rid
+                key, row.value, None, JoinKind.UNMATCHED, emit, row.ts, None, rid
             )
         else:
             result = JoinResult(
-                key, None, row[_VALUE], JoinKind.UNMATCHED, emit, None, row[_TS], rid
+                key, None, row.value, JoinKind.UNMATCHED, emit, None, row.ts, rid
             )
         self._emit(result)
 
     def _emit(self, result: JoinResult) -> None:
-        self.emitted_count += 1
-        emit_shaped(
-            self._collector,
-            self.spec.output,
-            self.spec.result_fn,
-            result,
-            result.timestamp,
-            self._result_failed,
-        )
+        self._results.emit(result, result.timestamp)
 
     # -- bad and late input -------------------------------------------------------
-    def _result_failed(self, result: JoinResult, exc: Exception) -> None:
-        self._collector.dead_letter(
-            DeadLetter(
-                DeadLetterReason.USER_CODE,
-                f"result function of {self.name!r} raised {describe_error(exc)}",
-                self.spec.left.topic,
-                self._partition,
-                -1,
-                result.key,
-                result.to_dict(),
-                result.timestamp,
-                self.name,
-            )
-        )
 
     def _bad_predicate(self, batch: Batch, i: int, exc: Exception) -> None:
         self._collector.dead_letter(
@@ -425,12 +422,13 @@ class JoinOperator:
 
     def _late_record(self, batch: Batch, i: int) -> None:
         self.late_count += 1
+        wm = self._events.watermark
         send_late(
             self._collector,
             self.spec.late_output,
             batch,
             i,
-            f"event time {batch.timestamps[i]} is at or behind the watermark {self._wm} of "
+            f"event time {batch.timestamps[i]} is at or behind the watermark {wm} of "
             f"join {self.name!r}: its partners may be gone already; raise the source's "
             "max_out_of_orderness to wait longer for out-of-order rows",
             self.name,
@@ -438,12 +436,8 @@ class JoinOperator:
 
     # -- introspection (tests, metrics) ----------------------------------------------
     @property
-    def watermark(self) -> int:
-        return self._wm
-
-    @property
-    def timers(self) -> TimerQueue:
-        return self._timers
+    def emitted_count(self) -> int:
+        return self._results.count
 
     @property
     def store(self) -> KeyValueStore[Any]:
@@ -451,4 +445,5 @@ class JoinOperator:
 
     def live_rows(self) -> int:
         """Rows held in state (walks RocksDB: for tests and metrics, not the hot path)."""
-        return sum(len(entry[LEFT]) + len(entry[RIGHT]) for _key, entry in self._store.items())
+        entries = (KeyRows.load(stored) for _key, stored in self._store.items())
+        return sum(len(e.sides[LEFT]) + len(e.sides[RIGHT]) for e in entries if e is not None)

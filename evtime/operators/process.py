@@ -18,12 +18,11 @@ from typing import Any
 
 from evtime.errors import ConfigError
 from evtime.operators.base import Collector, describe_error
+from evtime.operators.timers import EventTimers
 from evtime.records import Batch, DeadLetter, DeadLetterReason, KeyObj, Output, Record
 from evtime.state import KeyValueStore, TaskDB, TimerQueue
 from evtime.state.codec import decode_key, encode_key
-from evtime.time import MAX_TIMESTAMP, MIN_TIMESTAMP, Clock
-
-NO_TIMER = MAX_TIMESTAMP + 1
+from evtime.time import MIN_TIMESTAMP, Clock
 
 
 class TimeDomain(enum.Enum):
@@ -164,8 +163,7 @@ class TimerService:
         op = self._ctx._op
         payload = encode_key(self._ctx.key)
         op._leave_round(TimeDomain.EVENT_TIME, timestamp, payload)
-        op._etimers.delete(timestamp, payload)
-        op._refresh_next_event()
+        op._events.delete(timestamp, payload)
 
     def delete_processing_time(self, timestamp: int) -> None:
         op = self._ctx._op
@@ -188,7 +186,7 @@ class ProcessContext:
     @property
     def watermark(self) -> int:
         """The task's current event-time watermark."""
-        return self._op._wm
+        return self._op._events.watermark
 
     def processing_time(self) -> int:
         """The wall clock (the app's clock), in ms."""
@@ -262,13 +260,10 @@ class ProcessOperator:
         self._store: KeyValueStore[Any] = db.store(
             f"{spec.name}.state", _encode_state_key, _decode_state_key
         )
-        self._etimers = TimerQueue(db, f"{spec.name}.etimers")
+        self._events = EventTimers(db, f"{spec.name}.etimers")
         self._ptimers = TimerQueue(db, f"{spec.name}.ptimers")
         self._outputs = dict(spec.outputs)
         self._ctx = ProcessContext(self)
-        self._wm = MIN_TIMESTAMP
-        self._next_event = NO_TIMER
-        self._refresh_next_event()
         self._round: _Round | None = None
 
     # -- state with TTL -------------------------------------------------------
@@ -294,9 +289,7 @@ class ProcessOperator:
         payload = encode_key(key)
         if self._join_round(TimeDomain.EVENT_TIME, timestamp, payload):
             return
-        self._etimers.register(timestamp, payload)
-        if timestamp < self._next_event:
-            self._next_event = timestamp
+        self._events.register(timestamp, payload)
 
     def _register_proc(self, timestamp: int, payload: bytes) -> None:
         if not self._join_round(TimeDomain.PROCESSING_TIME, timestamp, payload):
@@ -323,16 +316,14 @@ class ProcessOperator:
             rnd.heap.remove(timer)
             heapq.heapify(rnd.heap)
 
-    def _refresh_next_event(self) -> None:
-        nxt = self._etimers.next_time()
-        self._next_event = NO_TIMER if nxt is None else nxt
-
     # -- driving ------------------------------------------------------------------
     def process(self, batch: Batch) -> None:
         ctx = self._ctx
         fn = self.spec.fn
         wms = batch.watermarks
-        self._wm = max(self._wm, batch.watermark_before)
+        events = self._events
+        if batch.watermark_before > events.watermark:
+            events.watermark = batch.watermark_before
         for i in range(len(wms)):
             record = batch.record(i)
             ctx.key = record.key
@@ -353,28 +344,24 @@ class ProcessOperator:
                         self.name,
                     )
                 )
-            wm = wms[i]
-            if wm > self._wm:
-                self._wm = wm
             # Also when the watermark did not move: fn may have registered a timer behind it.
-            if self._wm >= self._next_event:
-                self._fire_event_timers(self._wm)
+            if events.advance(wms[i]):
+                self._fire_event_timers()
 
     def on_watermark(self, watermark: int) -> None:
-        if watermark > self._wm:
-            self._wm = watermark
-        if self._wm >= self._next_event:
-            self._fire_event_timers(self._wm)
+        if self._events.advance(watermark):
+            self._fire_event_timers()
 
-    def _fire_event_timers(self, watermark: int) -> None:
-        self._fire_round(self._etimers, TimeDomain.EVENT_TIME, watermark)
-        self._refresh_next_event()
+    def _fire_event_timers(self) -> None:
+        events = self._events
+        self._fire_round(events.queue, TimeDomain.EVENT_TIME, events.watermark)
+        events.refresh()
 
     def on_processing_time(self, now_ms: int) -> None:
         self._fire_round(self._ptimers, TimeDomain.PROCESSING_TIME, now_ms)
         # A processing-time callback may have registered an event-time timer that is due.
-        if self._wm >= self._next_event:
-            self._fire_event_timers(self._wm)
+        if self._events.due:
+            self._fire_event_timers()
 
     def _fire_round(self, queue: TimerQueue, domain: TimeDomain, until: int) -> None:
         """Fire every timer of ``queue`` due at ``until``, one at a time, earliest
@@ -431,7 +418,7 @@ class ProcessOperator:
 
     @property
     def watermark(self) -> int:
-        return self._wm
+        return self._events.watermark
 
     def live_state(self) -> int:
         """Entries of state (walks RocksDB: for tests and metrics)."""

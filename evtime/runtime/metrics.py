@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from evtime.io import TopicPartition
 from evtime.names import group_name
 from evtime.settings import Settings
+from evtime.time import MIN_TIMESTAMP
 
 if TYPE_CHECKING:
     from evtime.runtime.worker import Worker
@@ -117,7 +118,7 @@ class WorkerCollector(Collector):
                 if end is not None:
                     lag.append(([topic, labels[1]], max(0, end - task.offsets[topic])))
             wm = task.tracker.current
-            if wm > -(2**62):  # no watermark before the first record
+            if wm > MIN_TIMESTAMP:  # no watermark before the first record
                 watermarks.append((labels, wm))
                 delays.append((labels, max(0.0, (now_ms - wm) / 1000)))
             if not task.db.closed:

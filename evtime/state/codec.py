@@ -2,7 +2,9 @@
 
 Keys are encoded so that RocksDB's byte order is the natural order: integers
 are stored big-endian with the sign bit flipped, so timers iterate in time
-order. Values are orjson documents.
+order. Values are orjson documents; an operator's own entry classes
+(:class:`StateEntry`) are stored as JSON lists of their fields, so a slotted
+entry encodes to the same bytes as the positional list it stands for.
 """
 
 from __future__ import annotations
@@ -59,10 +61,28 @@ def decode_key(data: bytes) -> KeyObj:
     raise StateError(f"corrupt state key {data[:16]!r}: unknown type tag; the state dir is damaged")
 
 
+class StateEntry:
+    """Base of the slotted classes operators keep in a store (a session, a key's join
+    rows): :func:`dumps` writes one as the JSON list :meth:`to_state` returns, and the
+    operator rebuilds it from that list when it reads the key from RocksDB."""
+
+    __slots__ = ()
+
+    def to_state(self) -> list[Any]:
+        """The stored form: the fields as a list, in their stored order."""
+        raise NotImplementedError  # pragma: no cover - every entry class defines it
+
+
+def _entry_state(value: Any) -> list[Any]:
+    if isinstance(value, StateEntry):
+        return value.to_state()
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
 def dumps(value: Any) -> bytes:
-    """Encode a state value (an accumulator, a user value) as JSON bytes."""
+    """Encode a state value (an accumulator, a user value, entries) as JSON bytes."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(value, default=_entry_state, option=orjson.OPT_NON_STR_KEYS)
     except TypeError as exc:
         raise StateError(
             f"state value of type {type(value).__name__} cannot be stored: {exc}; "

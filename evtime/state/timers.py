@@ -15,15 +15,14 @@ from rocksdict import WriteBatch
 
 from evtime.state.codec import decode_int, encode_int
 from evtime.state.store import Change, TaskDB, raw_keys
-
-_LAST = (1 << 63) - 1  # MAX_TIMESTAMP: nothing can be scheduled after it
+from evtime.time import MAX_TIMESTAMP
 
 
 def _start_after(ts: int | None) -> bytes:
     """The first key strictly after time ``ts`` (b"" = from the beginning)."""
     if ts is None:
         return b""
-    if ts >= _LAST:
+    if ts >= MAX_TIMESTAMP:  # nothing can be scheduled after it
         return b"\xff" * 9
     return encode_int(ts + 1)
 

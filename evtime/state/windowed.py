@@ -6,12 +6,13 @@ is a map per start, which makes the per-record path two dict lookups and
 lets a fired window be dropped whole: one range deletion in the next
 snapshot instead of a tombstone per key.
 
-A cached entry is a list ``[acc, emissions, records_since_early, dirty]``;
-the first three are what RocksDB stores.
+A cached entry is a :class:`WindowEntry`; RocksDB stores its first three
+fields as the JSON list ``[acc, emissions, since_early]``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rocksdict import ReadOptions, WriteBatch
@@ -20,10 +21,31 @@ from evtime.records import KeyObj
 from evtime.state import codec
 from evtime.state.codec import decode_int, decode_key, encode_int, encode_key
 from evtime.state.store import Change, TaskDB, raw_items, raw_keys
+from evtime.time import MAX_TIMESTAMP
 
-_LAST = (1 << 63) - 1
-DIRTY = 3
-"""Index of the dirty flag in a cached entry."""
+
+@dataclass(slots=True, eq=False)
+class WindowEntry:
+    """One key's state in one window, as cached (slotted: the per-record path reads and
+    writes ``acc`` and ``dirty`` of one of these)."""
+
+    acc: Any
+    emissions: int
+    """Results emitted for the window (0 until it fired: then FINAL, after it UPDATE)."""
+    since_early: int
+    """Records since the last early firing (``early_every``)."""
+    dirty: bool
+    """Changed since the last snapshot."""
+
+    def encode(self) -> bytes:
+        """The stored form: ``[acc, emissions, since_early]`` as JSON."""
+        return codec.dumps([self.acc, self.emissions, self.since_early])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> WindowEntry:
+        """A clean entry from its stored form."""
+        acc, emissions, since_early = codec.loads(raw)
+        return cls(acc, emissions, since_early, False)
 
 
 class WindowStore:
@@ -34,7 +56,7 @@ class WindowStore:
         self.cache_size = cache_size
         self._db = db
         self._cf = db._column(name)
-        self.open: dict[int, dict[KeyObj, list[Any]]] = {}
+        self.open: dict[int, dict[KeyObj, WindowEntry]] = {}
         """Cached entries by window start (hot path: use directly)."""
         self.touched: set[int] = set()
         """Starts with entries written since the last snapshot."""
@@ -51,30 +73,28 @@ class WindowStore:
         while it.valid():
             start = decode_int(it.key()[:8])
             starts.add(start)
-            if start >= _LAST:
+            if start >= MAX_TIMESTAMP:
                 break
             it.seek(encode_int(start + 1))
         del it
         return starts
 
-    def bucket(self, start: int) -> dict[KeyObj, list[Any]]:
+    def bucket(self, start: int) -> dict[KeyObj, WindowEntry]:
         """The cached entries of ``start`` (created empty if needed)."""
         entries = self.open.get(start)
         if entries is None:
             entries = self.open[start] = {}
         return entries
 
-    def load(self, start: int, key: KeyObj) -> list[Any] | None:
+    def load(self, start: int, key: KeyObj) -> WindowEntry | None:
         """Read one entry from RocksDB into the cache (for a start in :attr:`persisted`)."""
         raw = self._cf.get(encode_int(start) + encode_key(key))
         if raw is None:
             return None
-        entry: list[Any] = codec.loads(raw)
-        entry.append(False)
-        self.bucket(start)[key] = entry
+        entry = self.bucket(start)[key] = WindowEntry.decode(raw)
         return entry
 
-    def load_all(self, start: int) -> dict[KeyObj, list[Any]]:
+    def load_all(self, start: int) -> dict[KeyObj, WindowEntry]:
         """Every entry of ``start``: the cache's, completed from RocksDB."""
         entries = self.bucket(start)
         if start in self.persisted:
@@ -84,9 +104,7 @@ class WindowStore:
             for raw_key, raw in raw_items(self._cf, prefix, ro):
                 key = decode_key(raw_key[8:])
                 if key not in entries:
-                    entry: list[Any] = codec.loads(raw)
-                    entry.append(False)
-                    entries[key] = entry
+                    entries[key] = WindowEntry.decode(raw)
         return entries
 
     def drop(self, start: int) -> None:
@@ -118,9 +136,9 @@ class WindowStore:
                 continue
             prefix = encode_int(start)
             for key, entry in entries.items():
-                if entry[DIRTY]:
+                if entry.dirty:
                     raw_key = prefix + encode_key(key)
-                    raw = codec.dumps(entry[:DIRTY])
+                    raw = entry.encode()
                     batch.put(raw_key, raw, handle)
                     if changes is not None:
                         changes.append(Change(self.name, raw_key, raw))
@@ -133,7 +151,7 @@ class WindowStore:
             entries = self.open.get(start)
             if entries:
                 for entry in entries.values():
-                    entry[DIRTY] = False
+                    entry.dirty = False
                 self.persisted.add(start)
         self.touched.clear()
         self._dropped.clear()
@@ -165,4 +183,4 @@ class WindowStore:
 
 def _after(start: int) -> bytes:
     """The first key after every key of ``start``."""
-    return encode_int(start + 1) if start < _LAST else b"\xff" * 9
+    return encode_int(start + 1) if start < MAX_TIMESTAMP else b"\xff" * 9

@@ -377,7 +377,7 @@ def test_load_app_imports_a_module_path(tmp_path: Path, monkeypatch: pytest.Monk
     [
         ("missing/job.py:app", r"no such file missing/job\.py"),
         ("evtime_no_such_module_xyz:app", r"cannot import 'evtime_no_such_module_xyz'.*MODULE:APP"),
-        ("{job}:nothing", r"nothing is NoneType, not an evtime App; point at the variable"),
+        ("{job}:nothing", r"has no attribute 'nothing' \(apps in it: app\); give MODULE:APP"),
         ("{job}:not_an_app", r"not_an_app is int, not an evtime App"),
     ],
     ids=["no_file", "no_module", "no_attribute", "not_an_app"],
