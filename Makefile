@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test check unit lint services-up services-down bench clean
+.PHONY: demo test check deps unit lint services-up services-down bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,16 +15,36 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
+# Programs the suite runs besides Python, Kafka and OpenSearch: Prometheus (it scrapes a
+# worker, tests/integration/test_prometheus.py) and Chromium (it renders the status page).
+# Installed from Debian's packages in one step when missing, where we are root with
+# apt-get; elsewhere make stops at once naming the packages to install.
+deps:
+	@missing=""; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing the Debian packages$$missing"; \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing programs, install the Debian packages:$$missing" \
+	      "(apt-get install$$missing as root), then run make again" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/evtime demo
 
 # Services are stopped again whatever the suite's outcome.
-test: $(STAMP)
+test: deps $(STAMP)
 	@set -u; \
 	trap '$(BIN)/evtime services down' EXIT; \
 	$(BIN)/evtime services up && $(MAKE) --no-print-directory check
 
-check: lint
+check: deps lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
