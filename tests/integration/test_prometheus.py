@@ -236,12 +236,16 @@ def _run_and_ask(
         _until("worker ready",
                lambda: _get(f"http://127.0.0.1:{worker_port}/healthz")[0] == 200, 90, log)
         read_total = f'sum by (topic) (evtime_records_in_total{{app="{app}"}})'
+        sinks = f'count by (sink) (evtime_sink_flush_seconds_count{{app="{app}"}})'
 
         def prometheus_read(n: int) -> Callable[[], bool]:
+            """Prometheus has scraped ``n`` records read and a flush of both sinks."""
             def check() -> bool:
                 result = _query(url, read_total)
-                return [r["metric"]["topic"] for r in result] == [topic] and (
-                    float(result[0]["value"][1]) == n
+                return (
+                    [r["metric"]["topic"] for r in result] == [topic]
+                    and float(result[0]["value"][1]) == n
+                    and len(_query(url, sinks)) == 2
                 )
             return check
 
