@@ -15,14 +15,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-# Programs the suite runs besides Python, Kafka and OpenSearch: Prometheus (it scrapes a
-# worker, tests/integration/test_prometheus.py) and Chromium (it renders the status page).
+# Programs the suite runs besides Python: Java and Maven (Kafka and OpenSearch run from
+# Maven Central's jars), Prometheus (it scrapes a worker, tests/integration/test_prometheus.py)
+# and Chromium (it renders the status page).
 # Installed from Debian's packages in one step when missing, where we are root with
 # apt-get; elsewhere make stops at once naming the packages to install.
 deps:
 	@missing=""; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jdk-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing the Debian packages$$missing"; \
