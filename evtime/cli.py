@@ -17,6 +17,7 @@ import orjson
 
 from evtime import __version__, cli_state
 from evtime.errors import ConfigError, EvtimeError
+from evtime.logs import RepeatFilter
 from evtime.settings import OPTIONS, LogFormat, Origin, Settings, option, summary, table
 
 log = logging.getLogger("evtime.cli")
@@ -287,6 +288,8 @@ def _configure_logging(settings: Settings) -> None:
         handler.setFormatter(
             logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
         )
+    # aiokafka logs every failed connection of every retry: one of a kind a minute.
+    handler.addFilter(RepeatFilter())
     logging.basicConfig(level=settings.log_level, handlers=[handler])
 
 
