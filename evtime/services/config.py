@@ -18,9 +18,46 @@ from evtime.errors import ConfigError
 PORT_VARIABLES = {
     ("kafka", "broker"): "EVTIME_KAFKA_PORT",
     ("kafka", "controller"): "EVTIME_KAFKA_CONTROLLER_PORT",
+    ("kafka", "sasl_ssl"): "EVTIME_KAFKA_SASL_PORT",
     ("opensearch", "http"): "EVTIME_OPENSEARCH_PORT",
     ("opensearch", "transport"): "EVTIME_OPENSEARCH_TRANSPORT_PORT",
 }
+
+
+SCRAM_USER = "evtime"
+SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+
+
+@dataclass(frozen=True, slots=True)
+class SecuredKafka:
+    """The local broker's SASL_SSL listener: where it is and who may log in.
+
+    The password and the CA are made at ``evtime services up`` (kept by ``restart``);
+    ``password()`` reads the password from its file. Any of ``mechanisms`` works.
+    """
+
+    bootstrap: str
+    username: str
+    password_file: Path
+    ca_file: Path
+    mechanisms: tuple[str, ...] = SCRAM_MECHANISMS
+
+    def password(self) -> str:
+        try:
+            return self.password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"no password for the SASL_SSL listener at {self.password_file} "
+                f"({exc.strerror}): run `evtime services up kafka`."
+            ) from None
+
+    def describe(self) -> str:
+        """One line for people: address, user, mechanisms, files (never the password)."""
+        return (
+            f"SASL_SSL {self.bootstrap}, user {self.username} "
+            f"({' or '.join(self.mechanisms)}), password in {self.password_file}, "
+            f"CA {self.ca_file}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +67,7 @@ class ServicesConfig:
     cache_dir: Path  # EVTIME_CACHE_DIR (default ~/.cache/evtime): jars, data, logs, pids
     kafka_port: int = 9092  # EVTIME_KAFKA_PORT
     kafka_controller_port: int = 9093  # EVTIME_KAFKA_CONTROLLER_PORT
+    kafka_sasl_port: int = 9094  # EVTIME_KAFKA_SASL_PORT: the SASL_SSL (SCRAM) listener
     opensearch_port: int = 9200  # EVTIME_OPENSEARCH_PORT
     opensearch_transport_port: int = 9300  # EVTIME_OPENSEARCH_TRANSPORT_PORT
     kafka_heap: str = "512m"  # EVTIME_KAFKA_HEAP
@@ -44,6 +82,7 @@ class ServicesConfig:
             cache_dir=Path(cache).expanduser().resolve(),
             kafka_port=_env_port(env, "EVTIME_KAFKA_PORT", 9092),
             kafka_controller_port=_env_port(env, "EVTIME_KAFKA_CONTROLLER_PORT", 9093),
+            kafka_sasl_port=_env_port(env, "EVTIME_KAFKA_SASL_PORT", 9094),
             opensearch_port=_env_port(env, "EVTIME_OPENSEARCH_PORT", 9200),
             opensearch_transport_port=_env_port(env, "EVTIME_OPENSEARCH_TRANSPORT_PORT", 9300),
             kafka_heap=_env_heap(env, "EVTIME_KAFKA_HEAP", "512m"),
@@ -54,6 +93,21 @@ class ServicesConfig:
     @property
     def kafka_bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def kafka_sasl_bootstrap(self) -> str:
+        """The broker's SASL_SSL listener (SCRAM users, the test CA's certificate)."""
+        return f"127.0.0.1:{self.kafka_sasl_port}"
+
+    def kafka_sasl(self) -> SecuredKafka:
+        """How to reach the SASL_SSL listener as the user created at ``up``."""
+        tls = self.run_dir / "kafka" / "tls"
+        return SecuredKafka(
+            bootstrap=self.kafka_sasl_bootstrap,
+            username=SCRAM_USER,
+            password_file=tls / "scram.password",
+            ca_file=tls / "ca.pem",
+        )
 
     @property
     def opensearch_url(self) -> str:

@@ -163,12 +163,15 @@ async def _up_one(service: Service, java: str, maven: asyncio.Lock) -> None:
         _refuse_other_address(
             service, pid, "already running", f"run `evtime services down {service.name}` first."
         )
+        service.check_kept_data()  # started by an older evtime, it cannot pass our checks
         if await _passes(service.health_checks()):
             print(f"{service.name}: already running at {service.address} (pid {pid})")
+            _print_details(service)
             return
         print(f"{service.name}: pid {pid} is running but not ready yet; waiting ...", flush=True)
         await _wait_ready(service, pid, lambda: processes.is_alive(pid), time.monotonic() + timeout)
         print(f"{service.name}: ready at {service.address} (pid {pid})")
+        _print_details(service)
         return
     _pid_file(service).unlink(missing_ok=True)  # stale: that process is gone or not ours
     await asyncio.to_thread(_check_ports_free, service)
@@ -233,6 +236,12 @@ async def _launch(
         f"{service.name}: ready at {service.address} in {now - launched:.1f} s "
         f"({now - started:.1f} s with setup; pid {jvm.pid})"
     )
+    _print_details(service)
+
+
+def _print_details(service: Service) -> None:
+    for line in service.details():
+        print(f"{service.name}:   {line}")
 
 
 async def _wait_ready(
@@ -316,10 +325,17 @@ async def _status_all(services: list[Service]) -> list[bool]:
             continue
         ok = await _passes(service.health_checks())
         state = "healthy" if ok else "NOT healthy"
+        if not ok:
+            try:
+                service.check_kept_data()
+            except ServiceError as exc:  # e.g. started by an older evtime: say what to do
+                state += f": {exc}"
         running_at = " ".join(_pid_file(service).read_text().split()[1:])
         if running_at != service.address:
             state += f" (started at {running_at}; run `evtime services down {service.name}`)"
         print(f"{service.name:<11} running  pid {pid:<8} {service.address:<24} {state}")
+        for line in service.details():
+            print(f"{'':<11} {line}")
         results.append(ok)
     return results
 

@@ -93,6 +93,9 @@ class OpenSearch:
     def health_checks(self) -> list[Check]:
         return self.ready_checks()
 
+    def details(self) -> list[str]:
+        return []
+
 
 async def _opensearch_health(url: str) -> None:
     timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)

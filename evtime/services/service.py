@@ -51,6 +51,9 @@ class Service(Protocol):
 
     def health_checks(self) -> list[Check]: ...
 
+    def details(self) -> list[str]:
+        """More endpoints to show under the service's address (never a secret)."""
+
 
 def markers(config: ServicesConfig, name: str) -> list[str]:
     """System properties that tell our JVMs apart from any other process."""
