@@ -5,6 +5,7 @@ One module per concern:
 - ``config``: where they live and listen (every ``EVTIME_*`` variable they read);
 - ``service``: what a service is to ``up`` / ``down`` / ``status`` (a Protocol);
 - ``kafka``, ``opensearch``: the two services, their JVM commands and readiness checks;
+- ``tls``: the test CA and broker keystore of Kafka's SASL_SSL listener (``keytool``);
 - ``build``: jars from Maven Central, the one compiled class, config templates (``data/``);
 - ``processes``: detached processes known by their pid;
 - ``lifecycle``: ``up``, ``restart``, ``down``, ``status`` (the steps in its docstring);
@@ -12,7 +13,16 @@ One module per concern:
 """
 
 from evtime.services.cli import cli_main
-from evtime.services.config import ServicesConfig
+from evtime.services.config import SecuredKafka, ServicesConfig
 from evtime.services.lifecycle import SERVICE_NAMES, down, restart, status, up
 
-__all__ = ["SERVICE_NAMES", "ServicesConfig", "cli_main", "down", "restart", "status", "up"]
+__all__ = [
+    "SERVICE_NAMES",
+    "SecuredKafka",
+    "ServicesConfig",
+    "cli_main",
+    "down",
+    "restart",
+    "status",
+    "up",
+]

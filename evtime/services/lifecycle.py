@@ -6,9 +6,11 @@
    ``evtime/services/data``) into the cache directory; a marker keyed by the versions and
    the pom skips this afterwards. OpenSearch's entry point is compiled once too.
 2. If a live process of ours (pid file, and a command line carrying our markers)
-   already answers, do nothing.
+   already answers, do nothing; one set up otherwise than now (other ports, or an
+   older evtime without Kafka's SASL_SSL listener) is refused with what to run.
 3. Check that the ports are free, wipe the data directory (every ``up`` starts from
-   an empty broker and node), write the config, format Kafka's storage.
+   an empty broker and node), make Kafka's test certificates (``tls``), write the
+   config, format Kafka's storage with its SCRAM user.
 4. Start the JVM in a new session, output to ``<cache>/logs/<name>.log``, pid to
    ``<cache>/run/<name>.pid``.
 5. Wait until it really serves: Kafka answers metadata and a transactional round
