@@ -1,18 +1,18 @@
-"""Where the local services live and listen: the one place their environment is read.
+"""Where the local services live and listen.
 
-``ServicesConfig.from_env`` reads every ``EVTIME_*`` variable the services use; the rest
-of ``evtime.services`` takes a ``ServicesConfig`` and never looks at ``os.environ``.
+``ServicesConfig.from_env`` takes the services' options from evtime.settings, which
+declares them with the others and reads the environment; the rest of ``evtime.services``
+takes a ``ServicesConfig``.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from evtime.errors import ConfigError
+from evtime.settings import Settings
 
 # The variable that sets each port, by (service, role): named in "port in use" errors.
 PORT_VARIABLES = {
@@ -76,18 +76,19 @@ class ServicesConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServicesConfig:
-        env = os.environ if environ is None else environ
-        cache = env.get("EVTIME_CACHE_DIR") or str(Path.home() / ".cache" / "evtime")
+        """The services' options as evtime.settings resolves them from the environment
+        (the one place it is read)."""
+        settings = Settings.load(environ=environ)
         return cls(
-            cache_dir=Path(cache).expanduser().resolve(),
-            kafka_port=_env_port(env, "EVTIME_KAFKA_PORT", 9092),
-            kafka_controller_port=_env_port(env, "EVTIME_KAFKA_CONTROLLER_PORT", 9093),
-            kafka_sasl_port=_env_port(env, "EVTIME_KAFKA_SASL_PORT", 9094),
-            opensearch_port=_env_port(env, "EVTIME_OPENSEARCH_PORT", 9200),
-            opensearch_transport_port=_env_port(env, "EVTIME_OPENSEARCH_TRANSPORT_PORT", 9300),
-            kafka_heap=_env_heap(env, "EVTIME_KAFKA_HEAP", "512m"),
-            opensearch_heap=_env_heap(env, "EVTIME_OPENSEARCH_HEAP", "768m"),
-            startup_timeout_s=_env_seconds(env, "EVTIME_SERVICES_TIMEOUT", 120.0),
+            cache_dir=settings.cache_dir,
+            kafka_port=settings.kafka_port,
+            kafka_controller_port=settings.kafka_controller_port,
+            kafka_sasl_port=settings.kafka_sasl_port,
+            opensearch_port=settings.opensearch_port,
+            opensearch_transport_port=settings.opensearch_transport_port,
+            kafka_heap=settings.kafka_heap,
+            opensearch_heap=settings.opensearch_heap,
+            startup_timeout_s=settings.services_timeout,
         )
 
     @property
@@ -121,31 +122,3 @@ class ServicesConfig:
     def logs_dir(self) -> Path:
         return self.cache_dir / "logs"
 
-
-def _env_port(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if not raw:
-        return default
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise ConfigError(f"{name}={raw!r} is not a TCP port; set it to a number in 1..65535.")
-    return int(raw)
-
-
-def _env_heap(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = env.get(name) or default
-    if not re.fullmatch(r"\d+[kmgKMG]?", raw):
-        raise ConfigError(f"{name}={raw!r} is not a JVM heap size; use e.g. 512m or 1g.")
-    return raw
-
-
-def _env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r} is not a positive number of seconds.")
-    return value

@@ -263,6 +263,10 @@ class Settings:
     kafka_controller_port: int = field(default=9093, metadata=_meta(
         "services", PORT, "Port of the local Kafka's KRaft controller."
     ))
+    kafka_sasl_port: int = field(default=9094, metadata=_meta(
+        "services", PORT, "Port of the local Kafka's SASL_SSL listener (SCRAM users, a test "
+        "CA made at `evtime services up`)."
+    ))
     opensearch_port: int = field(default=9200, metadata=_meta(
         "services", PORT, "HTTP port of the local OpenSearch node."
     ))
