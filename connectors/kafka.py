@@ -49,8 +49,8 @@ from evtime.connectors.kafka_transaction import KafkaTransaction, TransactionalP
 from evtime.errors import ConfigError, EvtimeError
 from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP
-from evtime.operators.repartition import IDLE, ORIGIN_HEADER, ORIGINS_HEADER, WATERMARK_HEADER
-from evtime.records import DeadLetter, Output, RawRecord
+from evtime.records import DeadLetter, FetchedRecord, Output
+from evtime.wire import IDLE, IDLE_MARK, ORIGIN_HEADER, ORIGINS_HEADER, WATERMARK_HEADER
 
 log = logging.getLogger("evtime.kafka")
 _MAX_TS = 2**63 - 1
@@ -213,7 +213,7 @@ class KafkaGroupSource:
             error.__cause__ = exc
             self._callback_error = error
 
-    async def poll(self, timeout_ms: int, max_records: int) -> dict[TP, list[RawRecord]]:
+    async def poll(self, timeout_ms: int, max_records: int) -> dict[TP, Sequence[FetchedRecord]]:
         if self._callback_error is not None:
             raise self._callback_error
         batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
@@ -564,7 +564,7 @@ class KafkaRepartitionSink(KafkaSink):
     def _markers(self, origin: int, origins: int, watermark: int) -> tuple[list[_Rec], list[int]]:
         headers = [
             (ORIGIN_HEADER, str(origin).encode()),
-            (WATERMARK_HEADER, b"idle" if watermark == IDLE else str(watermark).encode()),
+            (WATERMARK_HEADER, IDLE_MARK if watermark == IDLE else str(watermark).encode()),
             (ORIGINS_HEADER, str(origins).encode()),
         ]
         count = self._partition_count or 0

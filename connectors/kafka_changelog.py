@@ -31,7 +31,7 @@ from evtime.connectors.kafka_retry import (
 from evtime.connectors.kafka_transaction import TransactionalProducer
 from evtime.errors import ConfigError, TransactionFailedError
 from evtime.records import ChangelogRecord
-from evtime.runtime.changelog import CHECKPOINT_HEADER, EPOCH_HEADER
+from evtime.wire import CHECKPOINT_HEADER, EPOCH_HEADER
 
 log = logging.getLogger("evtime.changelog")
 

@@ -251,7 +251,8 @@ class App:
         self.plan.sources[topic] = SourceSpec(
             topic, connector, key, spec.timestamp, spec.watermarks, spec.value_format
         )
-        self.plan.sinks[output] = connector.repartition_sink(internal)
+        sink = self.plan.repartition_sinks[output] = connector.repartition_sink(internal)
+        self.plan.sinks[output] = sink
         downstream = SourceSpec(
             internal,
             connector.internal_source(internal),

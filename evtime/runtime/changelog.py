@@ -35,8 +35,6 @@ from evtime.state.store import Change
 SEP = b"\x00"
 META_KEY = SEP + b"meta"
 MARKER_PREFIX = SEP + b"epoch:"
-CHECKPOINT_HEADER = "evtime-ckpt"
-EPOCH_HEADER = "evtime-epoch"
 
 
 def state_record(change: Change) -> tuple[bytes, bytes | None]:
