@@ -12,26 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from evtime.errors import ConfigError
-from evtime.io import Changelog, ChangelogBatch, GroupSource, GroupSourceFactory, TopicPartition
-from evtime.names import changelog_topic, check_internal_names, group_name
+from evtime.io import Changelog, GroupSource, GroupSourceFactory, TopicPartition
+from evtime.names import changelog_topic, check_internal_names
 from evtime.operators.repartition import RepartitionSpec
 from evtime.plan import Plan
 from evtime.records import DeadLetter, Guarantee, Output
+from evtime.runtime.assignment import Assignment
 from evtime.runtime.backpressure import Backpressure, Fetched
-from evtime.runtime.changelog import marker_record
-from evtime.runtime.checkpoint import Checkpointer, TaskId
+from evtime.runtime.checkpoint import Checkpointer
 from evtime.runtime.gc import tune_gc
 from evtime.runtime.markers import WatermarkMarkers
 from evtime.runtime.metrics import MetricsServer, configured_port
-from evtime.runtime.restore import reconcile
 from evtime.runtime.sinks import SinkRoutes, close_sinks, deliver
 from evtime.runtime.status import TaskStatus, WorkerState, WorkerStats, WorkerStatus
 from evtime.runtime.task import PartitionTask
@@ -39,9 +38,6 @@ from evtime.runtime.transactions import TaskTransactions
 from evtime.time import Clock, SystemClock
 
 log = logging.getLogger("evtime.worker")
-
-KEY_CHECKS = 20
-"""Batches per opened task whose first record's Kafka key is checked against its key."""
 
 
 class Worker:
@@ -84,16 +80,11 @@ class Worker:
         # gets its partitions back at once instead of after the session timeout.
         self.instance_id = instance_id or os.environ.get("EVTIME_INSTANCE_ID") or None
         self._factory: GroupSourceFactory = plan.group_source_factory()
-        self._group_of: dict[str, tuple[str, ...]] = {
-            topic: group for group in plan.groups() for topic in group
-        }
-        self.tasks: dict[TaskId, PartitionTask] = {}
         self._source: GroupSource | None = None
         self._changelogs: dict[tuple[str, ...], Changelog] = {}
         self.exactly_once = plan.guarantee is Guarantee.EXACTLY_ONCE
         self._txns = TaskTransactions(plan.app_name, self._factory)
         self._routes = SinkRoutes(plan)
-        self._markers = WatermarkMarkers(plan, self._group_of)
         self._checkpointer: Checkpointer | None = None
         self.timings: dict[str, float] = dict.fromkeys(
             ("startup", "poll", "process", "deliver", "checkpoint", "paused"), 0.0
@@ -102,6 +93,18 @@ class Worker:
         self.backpressure = Backpressure(
             poll_ms, plan.batch_size, pause_after_ms, self.stats, self.timings
         )
+        self._assignment = Assignment(
+            plan,
+            self.clock,
+            self._changelogs,
+            self._txns if self.exactly_once else None,
+            self.backpressure,
+            self.stats,
+        )
+        self._group_of = self._assignment.group_of
+        self.tasks = self._assignment.tasks
+        """The open partition tasks, by topic group and partition."""
+        self._markers = WatermarkMarkers(plan, self._group_of)
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._signals = 0
@@ -164,7 +167,7 @@ class Worker:
             self.clock,
             self.stats,
             transactions=self._txns if self.exactly_once else None,
-            redo=self._redo_interval,
+            redo=functools.partial(self._assignment.redo, source),
         )
         await source.start(self._on_assigned, self._on_revoked)
         log.info("worker %s started on topics %s", self.plan.app_name, sorted(self.plan.sources))
@@ -310,9 +313,7 @@ class Worker:
                 if self.tasks and checkpoint and self._checkpointer is not None:
                     await self._checkpointer.checkpoint(list(self.tasks.values()))
             finally:
-                for task in self.tasks.values():
-                    task.close()
-                self.tasks.clear()
+                self._assignment.close()
                 # An open transaction that was not committed is aborted with it.
                 await self._txns.close_all()
         await source.stop()
@@ -366,46 +367,17 @@ class Worker:
         else:
             await self._routes.write_in(producer, outputs, dead)
 
-    async def _redo_interval(self, task: PartitionTask, exc: Exception) -> None:
-        """Exactly-once, a transaction that cannot commit (evtime/runtime/checkpoint.py):
-        aborted, the task reopened from its last snapshot and its partitions fetched again
-        from there."""
-        tid = (task.group, task.partition)
-        self.stats.redos += 1
-        log.warning(
-            "%s[%d]: %s; aborting the transaction and processing again from the last "
-            "checkpoint %s",
-            group_name(task.group),
-            task.partition,
-            exc,
-            dict(task.snapshot.offsets) if task.snapshot is not None else None,
-        )
-        await self._txns.renew(tid)
-        epoch = task.epoch
-        task.close()
-        fresh = self.tasks[tid] = PartitionTask(self.plan, task.group, task.partition, self.clock)
-        fresh.epoch = epoch  # the same run: no other owner came in between
-        partitions = [(topic, task.partition) for topic in task.group]
-        self.backpressure.drop_held(partitions)
-        if self._source is not None:
-            self._source.seek({tp: fresh.offsets[tp[0]] for tp in partitions})
-
-    # -- rebalance -------------------------------------------------------------------
+    # -- rebalance (evtime/runtime/assignment.py) ---------------------------------------
     async def _on_revoked(self, partitions: list[TopicPartition]) -> None:
         async with self._lock, self._rebalancing():
-            self.stats.revocations += 1
-            # Not processed: the next owner (or this worker, after a seek) fetches them.
-            self.backpressure.drop_held(partitions)
-            ids = {(self._group_of[t], p) for t, p in partitions}
-            tasks = [self.tasks[i] for i in ids if i in self.tasks]
-            if tasks and self._checkpointer is not None:
-                await self._checkpointer.checkpoint(tasks)
-            for i in ids:
-                task = self.tasks.pop(i, None)
-                if task is not None:
-                    task.close()
-                await self._txns.close(i)
-            log.info("revoked %s", sorted(partitions))
+            if self._checkpointer is not None:
+                await self._assignment.revoked(self._checkpointer, partitions)
+
+    async def _on_assigned(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if self._source is None:
+            return {}
+        async with self._lock, self._rebalancing():
+            return await self._assignment.assigned(self._source, partitions)
 
     @contextlib.asynccontextmanager
     async def _rebalancing(self) -> AsyncIterator[None]:
@@ -418,58 +390,3 @@ class Worker:
         finally:
             if self.state in (WorkerState.STARTING, WorkerState.REBALANCING):
                 self.state = WorkerState.RUNNING
-
-    async def _on_assigned(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """Open the tasks of new partitions, reconcile their state (evtime/runtime/restore.py)
-        and choose where they resume. Every opened task first appends an epoch marker
-        naming the offsets it resumes from."""
-        if self._source is None:
-            return {}
-        async with self._lock, self._rebalancing():
-            if self.exactly_once:
-                # Fence the task's previous producer (a zombie owner) first.
-                await self._txns.begin((self._group_of[t], p) for t, p in partitions)
-            self.stats.assignments += 1
-            self.backpressure.drop_held(partitions)  # each is sought to its task's offset
-            committed = await self._source.committed(partitions)
-            new: dict[tuple[str, ...], set[int]] = {}
-            for topic, partition in partitions:
-                if (self._group_of[topic], partition) not in self.tasks:
-                    new.setdefault(self._group_of[topic], set()).add(partition)
-            # Where each new task's changelog ends, in one request per changelog.
-            ends = {
-                group: await self._changelogs[group].end_offsets(sorted(parts))
-                for group, parts in new.items()
-            }
-            starts: dict[TopicPartition, int] = {}
-            markers: dict[tuple[str, ...], dict[int, ChangelogBatch]] = {}
-            for topic, partition in partitions:
-                tid = (self._group_of[topic], partition)
-                if tid not in self.tasks:
-                    task = self.tasks[tid] = await self._open_task(tid, committed, ends)
-                    task.epoch = uuid.uuid4().hex
-                    marker = marker_record(task.epoch, dict(task.offsets))
-                    markers.setdefault(tid[0], {})[partition] = ([marker], None)
-                starts[(topic, partition)] = self.tasks[tid].offsets[topic]
-            # The epoch markers of every opened task of a changelog, in one append.
-            for group, batches in markers.items():
-                await self._changelogs[group].append(batches)
-            log.info("assigned %s", sorted(partitions))
-            return starts
-
-    async def _open_task(
-        self,
-        tid: TaskId,
-        committed: dict[TopicPartition, int],
-        ends: dict[tuple[str, ...], dict[int, int]],
-    ) -> PartitionTask:
-        group, partition = tid
-        restored = await reconcile(
-            lambda: PartitionTask(self.plan, group, partition, self.clock),
-            self._changelogs[group],
-            {t: committed.get((t, partition), 0) for t in group},
-            ends[group].get(partition),
-        )
-        self.stats.restored_records += restored.applied
-        restored.task.key_checks = KEY_CHECKS
-        return restored.task
