@@ -80,6 +80,8 @@ class Checkpointer:
     ``deliver`` hands the tasks' pending outputs to their sinks (step 1);
     ``transactions`` (exactly-once only) is each task's open transaction, kept up to date
     by the driver, and ``redo`` what happens to a task whose transaction failed.
+    Without ``state_changes`` a checkpoint's changelog append holds its META record only
+    (a changelog that keeps nothing: the embedded runner's, whose state is its RocksDB).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class Checkpointer:
         *,
         transactions: Mapping[TaskId, Transaction] | None = None,
         redo: Redo | None = None,
+        state_changes: bool = True,
     ) -> None:
         self.plan = plan
         self.changelogs = changelogs
@@ -102,6 +105,7 @@ class Checkpointer:
         self._deliver = deliver
         self._transactions = transactions
         self._redo = redo
+        self._state_changes = state_changes
         self._sink_names = sink_names(plan)
         self.count = 0
         """Checkpoints run."""
@@ -122,7 +126,7 @@ class Checkpointer:
         prepared: list[tuple[PartitionTask, PreparedSnapshot, ChangelogBatch]] = []
         changes = 0
         for task in tasks:
-            snapshot = task.prepare_snapshot()
+            snapshot = task.prepare_snapshot(collect_changes=self._state_changes)
             meta = snapshot.meta
             records: list[tuple[bytes, bytes | None]] = [
                 state_record(c) for c in snapshot.changes

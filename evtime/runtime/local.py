@@ -54,6 +54,7 @@ class LocalRunner:
             self._deliver_all,
             self.clock,
             self.stats,
+            state_changes=self.changelog.retain,
         )
         self.dead_letters = 0
         self.outputs_written = 0

@@ -471,9 +471,9 @@ class PartitionTask:
         """Outputs (by output id) and dead letters produced since the last call."""
         return self.collector.take()
 
-    def prepare_snapshot(self) -> PreparedSnapshot:
-        """Gather the dirty state and timers (with the changes, for the changelog) and the
-        metadata of a snapshot, writing nothing yet (see evtime/runtime/checkpoint.py)."""
+    def prepare_snapshot(self, *, collect_changes: bool = True) -> PreparedSnapshot:
+        """Gather the dirty state and timers (with the changes, for the changelog, if asked)
+        and the metadata of a snapshot, writing nothing yet (evtime/runtime/checkpoint.py)."""
         meta = SnapshotMeta(
             dict(self.offsets),
             self.tracker.snapshot(),
@@ -481,7 +481,7 @@ class PartitionTask:
             self.epoch,
             self.records_in,
         )
-        return PreparedSnapshot(self.db.prepare(collect_changes=True), meta)
+        return PreparedSnapshot(self.db.prepare(collect_changes=collect_changes), meta)
 
     def apply_snapshot(self, prepared: PreparedSnapshot, changelog_end: int | None) -> CommitStats:
         """Write a prepared snapshot (state, timers, watermarks, next offsets and the
