@@ -35,6 +35,8 @@ from aiokafka.errors import (
     RebalanceInProgressError,
 )
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.structs import RecordMetadata
 
 from evtime.connectors.kafka_changelog import KafkaChangelog, ensure_topic, partition_counts
 from evtime.connectors.kafka_fetch import lean_fetch
@@ -79,7 +81,7 @@ class KafkaSource:
 
     topic: str
     bootstrap: str = field(default_factory=default_bootstrap)
-    consumer_config: dict[str, Any] = field(default_factory=dict)
+    consumer_config: dict[str, object] = field(default_factory=dict)
 
     def group_source(
         self, group_id: str, topics: Sequence[str], instance_id: str | None = None
@@ -131,9 +133,9 @@ class KafkaGroupSource:
     """
 
     def __init__(
-        self, bootstrap: str, group_id: str, topics: list[str], config: dict[str, Any]
+        self, bootstrap: str, group_id: str, topics: list[str], config: dict[str, object]
     ) -> None:
-        settings: dict[str, Any] = {
+        settings: dict[str, object] = {
             "bootstrap_servers": bootstrap,
             "group_id": group_id,
             "enable_auto_commit": False,
@@ -147,6 +149,7 @@ class KafkaGroupSource:
         }
         settings.update(config)
         self._settings = settings
+        self._group_id = str(settings["group_id"])
         self._topics = topics
         self._consumer: AIOKafkaConsumer | None = None
         self._on_assigned: AssignCallback | None = None
@@ -158,8 +161,7 @@ class KafkaGroupSource:
 
     @property
     def group_id(self) -> str:
-        group: str = self._settings["group_id"]
-        return group
+        return self._group_id
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
@@ -299,7 +301,7 @@ def _transactional(producer: object) -> TransactionalProducer:
     return producer
 
 
-def _key_bytes(key: Any) -> bytes | None:
+def _key_bytes(key: object) -> bytes | None:
     if key is None:
         return None
     if isinstance(key, bytes):
@@ -320,7 +322,7 @@ class KafkaSink:
         self,
         topic: str,
         bootstrap: str | None = None,
-        producer_config: dict[str, Any] | None = None,
+        producer_config: dict[str, object] | None = None,
     ) -> None:
         self.topic = topic
         self._settings: dict[str, Any] = {
@@ -335,7 +337,7 @@ class KafkaSink:
         self._producer: AIOKafkaProducer | None = None
         # Batches produced and not yet acknowledged: (partition, future, their records),
         # kept so that a batch the producer gave up on can be sent again.
-        self._pending: list[tuple[int, asyncio.Future[Any], list[_Rec]]] = []
+        self._pending: list[tuple[int, asyncio.Future[RecordMetadata], list[_Rec]]] = []
         self._partition_count: int | None = None
         self._key_partition: dict[bytes, int] = {}
         self._round_robin = 0
@@ -399,10 +401,10 @@ class KafkaSink:
         own = transaction is None
         producer = await self._ensure() if transaction is None else transaction.producer
         count = await self._partitions(producer)
-        batches: dict[int, Any] = {}
+        batches: dict[int, BatchBuilder] = {}
         kept: dict[int, list[_Rec]] = {}  # each open batch's records (own producer only)
 
-        def sent(partition: int, fut: Any) -> None:
+        def sent(partition: int, fut: asyncio.Future[RecordMetadata]) -> None:
             # Delivery is awaited by flush (own producer: kept for a resend) or by the
             # transaction's commit.
             if transaction is None:
@@ -440,14 +442,17 @@ class KafkaSink:
         for partition, batch in batches.items():
             sent(partition, await self._send_batch(producer, batch, partition))
 
-    async def _send_batch(self, producer: AIOKafkaProducer, batch: Any, partition: int) -> Any:
+    async def _send_batch(
+        self, producer: AIOKafkaProducer, batch: BatchBuilder, partition: int
+    ) -> asyncio.Future[RecordMetadata]:
         # aiokafka queues a partition's batch only once the previous one is drained: while
         # the broker is down, send_batch gives up after request_timeout_ms (40 s) with a
         # KafkaTimeoutError and without queuing the batch, so it is retried as it is.
-        return await while_unreachable(
+        sent: asyncio.Future[RecordMetadata] = await while_unreachable(
             f"producing to {self.topic!r}[{partition}]",
             lambda: producer.send_batch(batch, self.topic, partition=partition),
         )
+        return sent
 
     async def flush(self) -> None:
         """Wait until every record written so far is acknowledged.

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
@@ -42,7 +41,7 @@ def state_record(change: Change) -> tuple[bytes, bytes | None]:
     return change.store.encode() + SEP + change.key, change.value
 
 
-def meta_record(offsets: dict[str, int], watermarks: dict[str, Any]) -> tuple[bytes, bytes]:
+def meta_record(offsets: dict[str, int], watermarks: dict[str, object]) -> tuple[bytes, bytes]:
     return META_KEY, orjson.dumps({"offsets": offsets, "watermarks": watermarks})
 
 
@@ -61,7 +60,7 @@ class RestorePlan:
 
     changes: list[Change] = field(default_factory=list)
     offsets: dict[str, int] | None = None
-    watermarks: dict[str, Any] | None = None
+    watermarks: dict[str, object] | None = None
     applied: int = 0
     skipped: int = 0
 

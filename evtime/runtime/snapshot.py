@@ -9,11 +9,10 @@ earlier version wrote, so existing state directories restore.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from evtime.state.store import Change, Prepared
+from evtime.state.store import Change, Prepared, TaskDB
 
 OFFSETS = "offsets"
 WATERMARKS = "watermarks"
@@ -49,9 +48,9 @@ class SnapshotMeta:
         return meta
 
     @classmethod
-    def load(cls, get_meta: Callable[[str], Any]) -> SnapshotMeta | None:
-        """The last snapshot's metadata, read with ``get_meta`` (``TaskDB.get_meta``); None
-        when the database holds no snapshot."""
+    def load(cls, db: TaskDB) -> SnapshotMeta | None:
+        """The last snapshot's metadata in ``db``; None when it holds no snapshot."""
+        get_meta = db.get_meta
         offsets = get_meta(OFFSETS)
         if offsets is None:
             return None

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import orjson
 
@@ -43,7 +43,16 @@ log = logging.getLogger("evtime.task")
 ORIGINS_STORE = "__origins__"
 
 
-def _minimum(state: dict[str, Any]) -> int:
+class _OriginsState(TypedDict):
+    """A repartitioned input's sources (stored per topic in ``__origins__``)."""
+
+    count: int
+    """The source partitions (the most any marker named)."""
+    origins: dict[str, list[int]]
+    """Per source partition: ``[last offset seen, watermark, idle]``."""
+
+
+def _minimum(state: _OriginsState) -> int:
     """A repartitioned input's watermark: the least of its source partitions' that are not
     idle (MIN until every one of them has sent a watermark or said it is idle)."""
     entries = state["origins"].values()
@@ -160,7 +169,7 @@ class PartitionTask:
         self._restore()
 
     def _restore(self) -> None:
-        meta = self.snapshot = SnapshotMeta.load(self.db.get_meta)
+        meta = self.snapshot = SnapshotMeta.load(self.db)
         if meta is None:
             return
         for topic, offset in meta.offsets.items():
@@ -200,7 +209,7 @@ class PartitionTask:
         watermark (the input's is their minimum, once every source partition has sent one);
         a record whose source offset was seen already is a resend, and is dropped."""
         assert self._origins is not None
-        state = self._origins.get(topic) or {"count": 0, "origins": {}}
+        state: _OriginsState = self._origins.get(topic) or _OriginsState(count=0, origins={})
         origins: dict[str, list[int]] = state["origins"]
         derived = _minimum(state)
         data: list[FetchedRecord] = []
@@ -407,7 +416,7 @@ class PartitionTask:
         raws: Sequence[FetchedRecord], kf: str, tf: str, watermark_before: int, delay: int
     ) -> tuple[list[KeyObj], list[object], list[int], list[int]] | None:
         """The common case in C-level loops: every value is JSON bytes of an object with a
-        str/int key field and an int timestamp field. Anything else returns None and the
+        str/int key field and an int timestamp field. Otherwise it returns None and the
         batch takes the record-by-record path (which gives bad records their reason)."""
         if type(raws[0].value) is not bytes:
             return None
