@@ -130,6 +130,10 @@ class Worker:
     def redos(self) -> int:
         return self.stats.redos
 
+    @property
+    def restored_records(self) -> int:
+        return self.stats.restored_records
+
     # -- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
         """Consume, process and checkpoint until :meth:`stop` (or SIGTERM / SIGINT)."""
