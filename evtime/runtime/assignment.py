@@ -32,7 +32,7 @@ from evtime.plan import Plan
 from evtime.runtime.backpressure import Backpressure
 from evtime.runtime.changelog import marker_record
 from evtime.runtime.checkpoint import Checkpointer, TaskId
-from evtime.runtime.restore import reconcile
+from evtime.runtime.restore import GroupSide, reconcile
 from evtime.runtime.status import WorkerStats
 from evtime.runtime.task import PartitionTask
 from evtime.runtime.transactions import TaskTransactions
@@ -107,9 +107,10 @@ class Assignment:
     async def _open(
         self, tid: TaskId, committed: dict[str, int], ends: dict[int, int]
     ) -> PartitionTask:
-        restored = await reconcile(
+        side = GroupSide(
             lambda: self._new_task(tid), self._changelogs[tid[0]], committed, ends.get(tid[1])
         )
+        restored = await reconcile(side)
         self._stats.restored_records += restored.applied
         restored.task.key_checks = KEY_CHECKS
         return restored.task

@@ -78,21 +78,30 @@ Opener = Callable[[], PartitionTask]
 """Opens the task (its database and operators, from its last snapshot)."""
 
 
-async def reconcile(
-    open_task: Opener, changelog: Changelog, committed: dict[str, int], end: int | None
-) -> Restored:
-    """Open a task and reconcile it with the group's ``committed`` offsets; ``end``: the
-    changelog partition's end offset if known (nothing is read at the end)."""
-    task = open_task()
-    match case_of(task.snapshot, committed, task.group):
+@dataclass(frozen=True, slots=True)
+class GroupSide:
+    """What a reconciliation has besides the local snapshot: how to (re)open the task, its
+    changelog partition (and where it ends, if known: nothing is read at the end) and the
+    group's committed offsets (by topic)."""
+
+    open_task: Opener
+    changelog: Changelog
+    committed: dict[str, int]
+    end: int | None = None
+
+
+async def reconcile(side: GroupSide) -> Restored:
+    """Open a task and reconcile it with the group (one of the four cases)."""
+    task = side.open_task()
+    match case_of(task.snapshot, side.committed, task.group):
         case Case.EQUAL:
             return resume_equal(task)
         case Case.BEHIND:
-            return await replay_behind(task, open_task, changelog, committed, end)
+            return await replay_behind(task, side)
         case Case.AHEAD:
-            return keep_ahead(task, committed)
+            return keep_ahead(task, side)
         case Case.ABSENT:
-            return await restore_absent(task, open_task, changelog, committed, end)
+            return await restore_absent(task, side)
 
 
 def resume_equal(task: PartitionTask) -> Restored:
@@ -100,62 +109,45 @@ def resume_equal(task: PartitionTask) -> Restored:
     return Restored(task, Case.EQUAL)
 
 
-async def replay_behind(
-    task: PartitionTask,
-    open_task: Opener,
-    changelog: Changelog,
-    committed: dict[str, int],
-    end: int | None,
-) -> Restored:
+async def replay_behind(task: PartitionTask, side: GroupSide) -> Restored:
     """Case 2: replay the changelog from where the snapshot left it."""
     start = task.snapshot.changelog_end if task.snapshot is not None else None
-    return await _replay(task, open_task, changelog, committed, start or 0, end, Case.BEHIND)
+    return await _replay(task, side, start or 0, Case.BEHIND)
 
 
-def keep_ahead(task: PartitionTask, committed: dict[str, int]) -> Restored:
+def keep_ahead(task: PartitionTask, side: GroupSide) -> Restored:
     """Case 3: the snapshot is ahead of the group; it wins."""
     log.info(
         "%s[%d]: local state ahead of the group (%s > %s): the local state wins",
         group_name(task.group),
         task.partition,
         task.offsets,
-        committed,
+        side.committed,
     )
     return Restored(task, Case.AHEAD)
 
 
-async def restore_absent(
-    task: PartitionTask,
-    open_task: Opener,
-    changelog: Changelog,
-    committed: dict[str, int],
-    end: int | None,
-) -> Restored:
+async def restore_absent(task: PartitionTask, side: GroupSide) -> Restored:
     """Case 4: no snapshot; replay the changelog from its beginning."""
-    return await _replay(task, open_task, changelog, committed, 0, end, Case.ABSENT)
+    return await _replay(task, side, 0, Case.ABSENT)
 
 
-async def _replay(
-    task: PartitionTask,
-    open_task: Opener,
-    changelog: Changelog,
-    committed: dict[str, int],
-    start: int,
-    end: int | None,
-    case: Case,
-) -> Restored:
+async def _replay(task: PartitionTask, side: GroupSide, start: int, case: Case) -> Restored:
     """Apply the valid changelog records from ``start`` on to the task's database (with the
     last applied checkpoint's offsets and watermarks), and reopen the task on it."""
     started = time.monotonic()
     partition = task.partition
-    records = [] if end is not None and start >= end else await changelog.read(partition, start)
-    plan = plan_restore(records, committed)
+    end = side.end
+    records = (
+        [] if end is not None and start >= end else await side.changelog.read(partition, start)
+    )
+    plan = plan_restore(records, side.committed)
     if records:
         meta = restored_meta(plan.offsets, plan.watermarks, records[-1].offset + 1)
         task.db.write_changes(plan.changes, meta)
         # Reopened: the operators read their state (and what is persisted) at open.
         task.close()
-        task = open_task()
+        task = side.open_task()
     took = time.monotonic() - started
     log.info(
         "%s[%d]: restored %d changelog records (%d skipped: uncommitted) from offset "

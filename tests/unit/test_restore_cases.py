@@ -20,7 +20,7 @@ from evtime.records import ChangelogRecord, RawRecord
 from evtime.runtime.changelog import marker_record
 from evtime.runtime.checkpoint import Checkpointer
 from evtime.runtime.memory import MemoryChangelog, MemoryOffsets
-from evtime.runtime.restore import Case, Restored, case_of, reconcile
+from evtime.runtime.restore import Case, GroupSide, Restored, case_of, reconcile
 from evtime.runtime.snapshot import SnapshotMeta
 from evtime.runtime.status import WorkerStats
 from evtime.runtime.task import PartitionTask
@@ -89,9 +89,8 @@ async def _run(plan: Plan, changelog: _Changelog, ends: Sequence[int], keep: Pat
 def _reconcile(plan: Plan, changelog: _Changelog, committed: int) -> Restored:
     async def go() -> Restored:
         end = (await changelog.end_offsets([0]))[0]
-        return await reconcile(
-            lambda: PartitionTask(plan, GROUP, 0, ManualClock()), changelog, {"t": committed}, end
-        )
+        open_task = lambda: PartitionTask(plan, GROUP, 0, ManualClock())  # noqa: E731
+        return await reconcile(GroupSide(open_task, changelog, {"t": committed}, end))
 
     return asyncio.run(go())
 
@@ -124,9 +123,9 @@ def test_1_a_snapshot_equal_to_the_group_resumes_without_reading_the_changelog(
     changelog = _Changelog()
     asyncio.run(_run(plan, changelog, [10, 20], None))
     restored = _reconcile(plan, changelog, 20)
-    assert restored.case is Case.EQUAL
     assert restored.task.offsets == {"t": 20} and restored.applied == 0
     assert changelog.reads == []
+    assert restored.case is Case.EQUAL
     restored.task.close()
 
 
@@ -150,11 +149,11 @@ def test_2_a_snapshot_behind_the_group_replays_the_changelog_from_its_end(
     behind.close()
 
     restored = _reconcile(plan, changelog, 20)
-    assert restored.case is Case.BEHIND
     assert changelog.reads == [first_end] and first_end
     assert restored.applied > 0
     assert restored.task.offsets == {"t": 20}
     assert _state(restored.task) == expected
+    assert restored.case is Case.BEHIND
     restored.task.close()
 
 
@@ -165,9 +164,9 @@ def test_3_a_snapshot_ahead_of_the_group_wins(tmp_path: Path) -> None:
     changelog = _Changelog()
     asyncio.run(_run(plan, changelog, [10, 20], None))
     restored = _reconcile(plan, changelog, 10)
-    assert restored.case is Case.AHEAD
     assert restored.task.offsets == {"t": 20} and restored.applied == 0
     assert changelog.reads == []
+    assert restored.case is Case.AHEAD
     restored.task.close()
 
 
@@ -187,9 +186,9 @@ def test_4_no_snapshot_restores_the_committed_checkpoints_from_the_changelog(
     shutil.rmtree(plan.state_dir)
 
     restored = _reconcile(plan, changelog, 10)
-    assert restored.case is Case.ABSENT
     assert changelog.reads == [0]
     assert restored.applied > 0 and restored.skipped > 0
     assert restored.task.offsets == {"t": 10}
     assert _state(restored.task) == expected
+    assert restored.case is Case.ABSENT
     restored.task.close()
