@@ -7,7 +7,7 @@ on the new key) puts every record of a key into one partition. Each record carri
 origin (source partition and offset) in the output id, so the downstream task can drop
 a record sent twice (a restarted upstream task resends what its last checkpoint had not
 covered). Watermarks cross the topic as marker records, written by the worker after each
-step (see evtime/runtime/worker.py and evtime/runtime/task.py): the downstream watermark
+step (see evtime/runtime/markers.py and evtime/runtime/task.py): the downstream watermark
 is the minimum of the upstream partitions' watermarks, as a shuffle's is in Flink.
 """
 
