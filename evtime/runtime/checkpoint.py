@@ -109,8 +109,13 @@ class Checkpointer:
         self._sink_names = sink_names(plan)
         self.count = 0
         """Checkpoints run."""
-        self.last_ms = clock.now_ms()
-        """When the last checkpoint ended (the clock's milliseconds)."""
+        self.last_ms = 0
+        """When the last checkpoint ended, or the first interval began (the clock's
+        milliseconds; 0: not yet)."""
+
+    def begin_interval(self) -> None:
+        """Start counting the checkpoint interval (when the driver starts processing)."""
+        self.last_ms = self.clock.now_ms()
 
     def due(self, now_ms: int) -> bool:
         return now_ms - self.last_ms >= self.plan.checkpoint_interval

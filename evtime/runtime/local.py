@@ -56,6 +56,7 @@ class LocalRunner:
             self.stats,
             state_changes=self.changelog.retain,
         )
+        self._checkpointer.begin_interval()
         self.dead_letters = 0
         self.outputs_written = 0
         self._opened = False

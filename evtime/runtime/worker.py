@@ -174,6 +174,7 @@ class Worker:
             redo=functools.partial(self._assignment.redo, source),
         )
         await source.start(self._on_assigned, self._on_revoked)
+        self._checkpointer.begin_interval()
         log.info("worker %s started on topics %s", self.plan.app_name, sorted(self.plan.sources))
         failed = False
         step: asyncio.Task[None] | None = None
