@@ -31,10 +31,10 @@ from evtime.names import group_name
 from evtime.plan import Plan
 from evtime.runtime.backpressure import Backpressure
 from evtime.runtime.changelog import marker_record
-from evtime.runtime.checkpoint import Checkpointer, TaskId
+from evtime.runtime.checkpoint import Checkpointer
 from evtime.runtime.restore import GroupSide, reconcile
 from evtime.runtime.status import WorkerStats
-from evtime.runtime.task import PartitionTask
+from evtime.runtime.task import PartitionTask, TaskId
 from evtime.runtime.transactions import TaskTransactions
 from evtime.time import Clock
 

@@ -52,10 +52,8 @@ from evtime.runtime.changelog import meta_record, state_record
 from evtime.runtime.sinks import flush_all
 from evtime.runtime.snapshot import PreparedSnapshot
 from evtime.runtime.status import WorkerStats, sink_names
-from evtime.runtime.task import PartitionTask
+from evtime.runtime.task import PartitionTask, TaskId
 from evtime.time import Clock
-
-TaskId = tuple[tuple[str, ...], int]
 
 
 class OffsetStore(Protocol):
@@ -107,8 +105,6 @@ class Checkpointer:
         self._redo = redo
         self._state_changes = state_changes
         self._sink_names = sink_names(plan)
-        self.count = 0
-        """Checkpoints run."""
         self.last_ms = 0
         """When the last checkpoint ended, or the first interval began (the clock's
         milliseconds; 0: not yet)."""
@@ -144,7 +140,6 @@ class Checkpointer:
         else:
             await self._commit_transactions(prepared, self._transactions)
         self.last_ms = self.clock.now_ms()
-        self.count += 1
         self.stats.checkpointed(time.perf_counter() - began, changes)
 
     async def _commit(

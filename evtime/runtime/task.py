@@ -40,6 +40,8 @@ from evtime.watermarks import WatermarkTracker
 from evtime.wire import IDLE_MARK, ORIGIN_HEADER, ORIGINS_HEADER, WATERMARK_HEADER
 
 log = logging.getLogger("evtime.task")
+TaskId = tuple[tuple[str, ...], int]
+"""A partition task's id: its topic group and its partition."""
 ORIGINS_STORE = "__origins__"
 
 

@@ -8,8 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from evtime.io import GroupSourceFactory, Transaction
 from evtime.names import transactional_id
-
-TaskId = tuple[tuple[str, ...], int]
+from evtime.runtime.task import TaskId
 
 
 class TaskTransactions(Mapping[TaskId, Transaction]):
