@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from evtime.aggregates import Aggregate
 from evtime.errors import ConfigError
-from evtime.io import DeadLetterSink, Sink
+from evtime.io import DeadLetterSink, RepartitionFactory, Sink
 from evtime.names import legal_part, repartition_topic
 from evtime.operators.join import JoinInput, JoinSpec, JoinType
 from evtime.operators.process import ProcessContext, ProcessSpec, Timer
@@ -219,7 +219,7 @@ class App:
         topic = self._topic(source)
         spec = self.plan.sources[topic]
         connector = spec.connector
-        if not hasattr(connector, "repartition_sink") or not hasattr(connector, "internal_source"):
+        if not isinstance(connector, RepartitionFactory):
             raise ConfigError(
                 f"repartition needs a Kafka source; {topic!r} reads {type(connector).__name__} "
                 "(partition a local source's records by key when writing them instead)"
