@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from evtime.errors import ConfigError
 from evtime.io import Changelog, GroupSource, GroupSourceFactory, TopicPartition
-from evtime.names import changelog_topic, check_internal_names
+from evtime.names import check_internal_names
 from evtime.operators.repartition import RepartitionSpec
 from evtime.plan import Plan
 from evtime.records import DeadLetter, Guarantee, Output
@@ -34,6 +34,7 @@ from evtime.runtime.metrics import MetricsServer, configured_port
 from evtime.runtime.sinks import SinkRoutes, close_sinks, deliver
 from evtime.runtime.status import TaskStatus, WorkerState, WorkerStats, WorkerStatus
 from evtime.runtime.task import PartitionTask
+from evtime.runtime.topics import check_co_partitioned, prepare_topics
 from evtime.runtime.transactions import TaskTransactions
 from evtime.time import Clock, SystemClock
 
@@ -153,12 +154,7 @@ class Worker:
                 await self.metrics.stop()
 
     async def _run(self, started: float) -> None:
-        await self._markers.ensure_topics(self._factory)
-        await self._check_co_partitioned()
-        for group in self.plan.groups():
-            changelog = self._factory.changelog(changelog_topic(self.plan.app_name, group))
-            await changelog.ensure(group[0])
-            self._changelogs[group] = changelog
+        self._changelogs.update(await prepare_topics(self.plan, self._factory, self._markers))
         source = self._factory.group_source(
             self.plan.app_name, sorted(self.plan.sources), self.instance_id
         )
@@ -241,21 +237,7 @@ class Worker:
         timings["checkpoint"] += t4 - t3
 
     async def _check_co_partitioned(self) -> None:
-        """Topics read by one task (a join) must have equal partition counts: the group
-        assigns partition ``p`` of each to the same task, and with unequal counts records
-        of one key would meet the other side's in no task."""
-        for group in self.plan.groups():
-            if len(group) < 2:
-                continue
-            counts = await self._factory.partition_counts(group)
-            if len(set(counts.values())) > 1:
-                found = ", ".join(f"{t!r} has {counts[t]}" for t in group)
-                raise ConfigError(
-                    f"topics {list(group)} are joined, so they must be co-partitioned, but "
-                    f"their partition counts differ: {found}. Create them with equal "
-                    "partition counts (and the same key partitioning), or repartition one: "
-                    f"app.repartition(source, key=..., partitions={max(counts.values())})"
-                )
+        await check_co_partitioned(self.plan, self._factory)
 
     # -- observability ---------------------------------------------------------------
     def status(self) -> WorkerStatus:
