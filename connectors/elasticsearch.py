@@ -46,11 +46,9 @@ or by the retry of a request whose answer was lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +78,7 @@ from evtime.connectors.elasticsearch_http import (
     http_error,
     snippet,
 )
+from evtime.connectors.elasticsearch_lanes import Item, Lanes
 from evtime.errors import ConfigError, EvtimeError, SinkError
 from evtime.io import DeadLetterSink
 from evtime.records import DeadLetter, DeadLetterReason, Output
@@ -134,37 +133,6 @@ class SinkStats:
     bytes_sent: int = 0
     request_seconds: float = 0.0
     """Time spent in ``_bulk`` requests that got an answer."""
-
-
-@dataclass(slots=True)
-class _Item:
-    output: Output
-    action: BulkAction
-    index: str
-    id: str | None
-    data: bytes
-
-    @property
-    def key(self) -> tuple[str, str] | None:
-        return None if self.id is None else (self.index, self.id)
-
-
-class _Lane:
-    """A FIFO of items sent one request at a time, so operations on a document keep order."""
-
-    __slots__ = ("done", "enqueued", "queue", "queued_bytes", "since", "task", "wake")
-
-    def __init__(self) -> None:
-        self.queue: deque[_Item] = deque()
-        self.queued_bytes = 0
-        self.enqueued = 0
-        """Items ever queued."""
-        self.done = 0
-        """Items resolved (acknowledged, dead-lettered or skipped), in queue order."""
-        self.since = 0.0
-        """When the oldest queued item started waiting (monotonic seconds)."""
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
 
 
 class ElasticsearchSink:
@@ -296,13 +264,16 @@ class ElasticsearchSink:
         self.cluster: ClusterInfo | None = None
         """The product and version, once the first request detected them."""
         self._detect_lock = asyncio.Lock()
-        self._progress = asyncio.Event()
-        self._lanes: list[_Lane] = []
-        self._round_robin = 0
-        self._pending_docs = 0
-        self._pending_bytes = 0
-        self._urgent = 0
-        self._error: EvtimeError | None = None
+        self._lanes = Lanes(
+            self._deliver,
+            target=self.url,
+            concurrency=concurrency,
+            batch_size=batch_size,
+            batch_bytes=batch_bytes,
+            linger=self._linger,
+            max_pending_docs=self.max_pending_docs,
+            max_pending_bytes=self.max_pending_bytes,
+        )
         self._dead_unflushed = False
         self._closed = False
         self._rng = random.Random()
@@ -313,18 +284,12 @@ class ElasticsearchSink:
         if not outputs:
             return
         self._check_usable()
-        self._start()
+        self._lanes.start()
         rejected: list[DeadLetter] = []
         for output in outputs:
             item = self._item(output, rejected)
-            if item is None:
-                continue
-            self._enqueue(item)
-            if (
-                self._pending_docs > self.max_pending_docs
-                or self._pending_bytes > self.max_pending_bytes
-            ):
-                await self._urgently(self._has_room)
+            if item is not None:
+                await self._lanes.put(item)
         if rejected:
             await self._reject(rejected)
 
@@ -335,9 +300,7 @@ class ElasticsearchSink:
         unreachable for ``max_retry_time``, or answered in a way retrying cannot fix.
         """
         self._check_usable(closed_ok=True)
-        if self._lanes:
-            targets = [(lane, lane.enqueued) for lane in self._lanes]
-            await self._urgently(lambda: all(lane.done >= n for lane, n in targets))
+        await self._lanes.drain()
         if self._dead_unflushed and self.dead_letter is not None:
             self._dead_unflushed = False
             await self.dead_letter.flush()
@@ -347,29 +310,26 @@ class ElasticsearchSink:
         if self._closed:
             return
         try:
-            if self._error is None:
+            if self._lanes.error is None:
                 await self.flush()
-            elif self._pending_docs:
+            elif self._lanes.pending_docs:
                 log.warning(
                     "closing the sink to %s with %d documents not acknowledged (%s): they "
                     "are written again when the worker resumes from its last checkpoint",
                     self.url,
-                    self._pending_docs,
-                    self._error,
+                    self._lanes.pending_docs,
+                    self._lanes.error,
                 )
         finally:
             self._closed = True
-            tasks = [lane.task for lane in self._lanes if lane.task is not None]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._lanes.stop()
             await self._connection.close()
 
     # -- more public API -------------------------------------------------------------
     @property
     def pending(self) -> int:
         """Documents written and not yet acknowledged."""
-        return self._pending_docs
+        return self._lanes.pending_docs
 
     async def cluster_info(self) -> ClusterInfo:
         """The cluster's product and version (``GET /``, once; retried like a request)."""
@@ -377,7 +337,7 @@ class ElasticsearchSink:
         return await self._ensure_cluster()
 
     # -- building items --------------------------------------------------------------
-    def _item(self, output: Output, rejected: list[DeadLetter]) -> _Item | None:
+    def _item(self, output: Output, rejected: list[DeadLetter]) -> Item | None:
         """The bulk item of ``output``, or None after adding a dead letter for it."""
         index = self.index if isinstance(self.index, str) else ""
         try:
@@ -411,7 +371,7 @@ class ElasticsearchSink:
             # document) that raised: this output is bad, the others go on.
             rejected.append(self._letter(output, index, f"{type(exc).__name__}: {exc}"))
             return None
-        return _Item(output, action, index, doc_id, data)
+        return Item(output, action, index, doc_id, data)
 
     def _letter(self, output: Output, index: str, error: str) -> DeadLetter:
         where = f"index {index!r}" + (f", _id {output.id!r}" if output.id is not None else "")
@@ -427,122 +387,9 @@ class ElasticsearchSink:
             "ElasticsearchSink",
         )
 
-    # -- lanes -----------------------------------------------------------------------
-    def _start(self) -> None:
-        if self._lanes:
-            return
-        self._lanes = [_Lane() for _ in range(self.concurrency)]
-        for n, lane in enumerate(self._lanes):
-            lane.task = asyncio.create_task(self._run_lane(lane), name=f"es-sink-lane-{n}")
-
-    def _enqueue(self, item: _Item) -> None:
-        if item.id is None:
-            self._round_robin += 1
-            lane = self._lanes[self._round_robin % self.concurrency]
-        else:
-            lane = self._lanes[hash(item.id) % self.concurrency]
-        size = len(item.data)
-        if not lane.queue:
-            lane.since = time.monotonic()
-            lane.wake.set()
-        lane.queue.append(item)
-        lane.queued_bytes += size
-        lane.enqueued += 1
-        self._pending_docs += 1
-        self._pending_bytes += size
-        if len(lane.queue) >= self.batch_size or lane.queued_bytes >= self.batch_bytes:
-            lane.wake.set()
-
-    def _has_room(self) -> bool:
-        return (
-            self._pending_docs <= self.max_pending_docs
-            and self._pending_bytes <= self.max_pending_bytes
-        )
-
-    async def _urgently(self, done: Callable[[], bool]) -> None:
-        """Wait until ``done()``, the lanes sending partial batches meanwhile."""
-        self._urgent += 1
-        for lane in self._lanes:
-            lane.wake.set()
-        try:
-            while True:
-                if self._error is not None:
-                    raise self._error
-                if done():
-                    return
-                await self._progress.wait()
-        finally:
-            self._urgent -= 1
-
-    def _notify(self) -> None:
-        event, self._progress = self._progress, asyncio.Event()
-        event.set()
-
-    async def _run_lane(self, lane: _Lane) -> None:
-        try:
-            while True:
-                batch = await self._next_batch(lane)
-                await self._deliver(batch)
-                lane.done += len(batch)
-                self._pending_docs -= len(batch)
-                self._pending_bytes -= sum(len(item.data) for item in batch)
-                self._notify()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._fail(exc)
-
-    async def _next_batch(self, lane: _Lane) -> list[_Item]:
-        """Wait until the lane has a batch to send (full, lingered, or urgent); take it."""
-        while True:
-            timeout: float | None = None
-            if lane.queue:
-                if (
-                    self._urgent
-                    or len(lane.queue) >= self.batch_size
-                    or lane.queued_bytes >= self.batch_bytes
-                ):
-                    break
-                if self._linger is not None:
-                    timeout = lane.since + self._linger - time.monotonic()
-                    if timeout <= 0:
-                        break
-            lane.wake.clear()
-            if timeout is None:
-                await lane.wake.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lane.wake.wait(), timeout)
-        batch: list[_Item] = []
-        size = 0
-        queue = lane.queue
-        while queue and len(batch) < self.batch_size:
-            n = len(queue[0].data)
-            if batch and size + n > self.batch_bytes:
-                break
-            batch.append(queue.popleft())
-            size += n
-        lane.queued_bytes -= size
-        if queue:
-            lane.since = time.monotonic()
-        return batch
-
-    def _fail(self, exc: Exception) -> None:
-        if not isinstance(exc, EvtimeError):
-            error: EvtimeError = SinkError(
-                f"the sink to {self.url} stopped on an unexpected {type(exc).__name__}: {exc}"
-            )
-            error.__cause__ = exc
-        else:
-            error = exc
-        if self._error is None:
-            self._error = error
-            log.error("%s", error)
-        self._notify()
-
     def _check_usable(self, *, closed_ok: bool = False) -> None:
-        if self._error is not None:
-            raise self._error
+        if self._lanes.error is not None:
+            raise self._lanes.error
         if self._closed and not closed_ok:
             raise SinkError(f"the sink to {self.url} is closed: create a new one")
 
@@ -585,7 +432,7 @@ class ElasticsearchSink:
                         raise http_error(f"GET {self.url}/", status, payload)
                     failure = f"HTTP {status}: {snippet(payload)}"
                 self.stats.retries += 1
-                await backoff.wait(failure, self._pending_docs)
+                await backoff.wait(failure, self._lanes.pending_docs)
 
     def _identify(self, payload: bytes) -> ClusterInfo:
         try:
@@ -598,7 +445,7 @@ class ElasticsearchSink:
         log.info("Elasticsearch sink: %s (cluster %r) at %s", info, info.cluster_name, self.url)
         return info
 
-    async def _deliver(self, items: list[_Item]) -> None:
+    async def _deliver(self, items: list[Item]) -> None:
         """Send ``items`` until each is acknowledged, dead-lettered or skipped."""
         await self._ensure_cluster()
         backoff = self._backoff(f"_bulk to {self.url}")
@@ -633,9 +480,9 @@ class ElasticsearchSink:
                     self.stats.retries += 1
                 else:
                     raise http_error(f"_bulk to {self.url}", status, payload)
-            await backoff.wait(failure, self._pending_docs)
+            await backoff.wait(failure, self._lanes.pending_docs)
 
-    async def _split(self, items: list[_Item]) -> None:
+    async def _split(self, items: list[Item]) -> None:
         """413: the body is over the cluster's ``http.max_content_length``; send halves."""
         if len(items) > 1:
             half = len(items) // 2
@@ -654,7 +501,7 @@ class ElasticsearchSink:
             ]
         )
 
-    async def _settle(self, items: list[_Item], payload: bytes) -> tuple[list[_Item], str]:
+    async def _settle(self, items: list[Item], payload: bytes) -> tuple[list[Item], str]:
         """Apply a 2xx bulk response: count, dead-letter and skip what is settled; return
         the items to send again and why."""
         try:
@@ -670,7 +517,7 @@ class ElasticsearchSink:
             outcome(item.action, result) for item, result in zip(items, results, strict=True)
         ]
         resend = to_resend([item.key for item in items], outcomes)
-        again: list[_Item] = []
+        again: list[Item] = []
         rejected: list[DeadLetter] = []
         reason = ""
         for item, result, kind, repeat in zip(items, results, outcomes, resend, strict=True):

@@ -34,6 +34,8 @@ from aiokafka.errors import (
     RebalanceInProgressError,
 )
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.structs import RecordMetadata
 
 from evtime.connectors.kafka_changelog import KafkaChangelog, ensure_topic, partition_counts
 from evtime.connectors.kafka_fetch import lean_fetch
@@ -48,9 +50,9 @@ from evtime.connectors.kafka_transaction import KafkaTransaction, TransactionalP
 from evtime.errors import ConfigError, EvtimeError
 from evtime.io import AssignCallback, RevokeCallback
 from evtime.io import TopicPartition as TP
-from evtime.operators.repartition import IDLE, ORIGIN_HEADER, ORIGINS_HEADER, WATERMARK_HEADER
-from evtime.records import DeadLetter, Output, RawRecord
+from evtime.records import DeadLetter, FetchedRecord, Output
 from evtime.settings import Settings
+from evtime.wire import IDLE, IDLE_MARK, ORIGIN_HEADER, ORIGINS_HEADER, WATERMARK_HEADER
 
 log = logging.getLogger("evtime.kafka")
 _MAX_TS = 2**63 - 1
@@ -77,7 +79,7 @@ class KafkaSource:
 
     topic: str
     bootstrap: str = field(default_factory=default_bootstrap)
-    consumer_config: dict[str, Any] = field(default_factory=dict)
+    consumer_config: dict[str, object] = field(default_factory=dict)
 
     def group_source(
         self, group_id: str, topics: Sequence[str], instance_id: str | None = None
@@ -129,9 +131,9 @@ class KafkaGroupSource:
     """
 
     def __init__(
-        self, bootstrap: str, group_id: str, topics: list[str], config: dict[str, Any]
+        self, bootstrap: str, group_id: str, topics: list[str], config: dict[str, object]
     ) -> None:
-        settings: dict[str, Any] = {
+        settings: dict[str, object] = {
             "bootstrap_servers": bootstrap,
             "group_id": group_id,
             "enable_auto_commit": False,
@@ -145,6 +147,7 @@ class KafkaGroupSource:
         }
         settings.update(config)
         self._settings = settings
+        self._group_id = str(settings["group_id"])
         self._topics = topics
         self._consumer: AIOKafkaConsumer | None = None
         self._on_assigned: AssignCallback | None = None
@@ -156,8 +159,7 @@ class KafkaGroupSource:
 
     @property
     def group_id(self) -> str:
-        group: str = self._settings["group_id"]
-        return group
+        return self._group_id
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
@@ -211,7 +213,7 @@ class KafkaGroupSource:
             error.__cause__ = exc
             self._callback_error = error
 
-    async def poll(self, timeout_ms: int, max_records: int) -> dict[TP, list[RawRecord]]:
+    async def poll(self, timeout_ms: int, max_records: int) -> dict[TP, Sequence[FetchedRecord]]:
         if self._callback_error is not None:
             raise self._callback_error
         batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
@@ -297,7 +299,7 @@ def _transactional(producer: object) -> TransactionalProducer:
     return producer
 
 
-def _key_bytes(key: Any) -> bytes | None:
+def _key_bytes(key: object) -> bytes | None:
     if key is None:
         return None
     if isinstance(key, bytes):
@@ -318,7 +320,7 @@ class KafkaSink:
         self,
         topic: str,
         bootstrap: str | None = None,
-        producer_config: dict[str, Any] | None = None,
+        producer_config: dict[str, object] | None = None,
     ) -> None:
         self.topic = topic
         self._settings: dict[str, Any] = {
@@ -333,7 +335,7 @@ class KafkaSink:
         self._producer: AIOKafkaProducer | None = None
         # Batches produced and not yet acknowledged: (partition, future, their records),
         # kept so that a batch the producer gave up on can be sent again.
-        self._pending: list[tuple[int, asyncio.Future[Any], list[_Rec]]] = []
+        self._pending: list[tuple[int, asyncio.Future[RecordMetadata], list[_Rec]]] = []
         self._partition_count: int | None = None
         self._key_partition: dict[bytes, int] = {}
         self._round_robin = 0
@@ -397,10 +399,10 @@ class KafkaSink:
         own = transaction is None
         producer = await self._ensure() if transaction is None else transaction.producer
         count = await self._partitions(producer)
-        batches: dict[int, Any] = {}
+        batches: dict[int, BatchBuilder] = {}
         kept: dict[int, list[_Rec]] = {}  # each open batch's records (own producer only)
 
-        def sent(partition: int, fut: Any) -> None:
+        def sent(partition: int, fut: asyncio.Future[RecordMetadata]) -> None:
             # Delivery is awaited by flush (own producer: kept for a resend) or by the
             # transaction's commit.
             if transaction is None:
@@ -438,14 +440,17 @@ class KafkaSink:
         for partition, batch in batches.items():
             sent(partition, await self._send_batch(producer, batch, partition))
 
-    async def _send_batch(self, producer: AIOKafkaProducer, batch: Any, partition: int) -> Any:
+    async def _send_batch(
+        self, producer: AIOKafkaProducer, batch: BatchBuilder, partition: int
+    ) -> asyncio.Future[RecordMetadata]:
         # aiokafka queues a partition's batch only once the previous one is drained: while
         # the broker is down, send_batch gives up after request_timeout_ms (40 s) with a
         # KafkaTimeoutError and without queuing the batch, so it is retried as it is.
-        return await while_unreachable(
+        sent: asyncio.Future[RecordMetadata] = await while_unreachable(
             f"producing to {self.topic!r}[{partition}]",
             lambda: producer.send_batch(batch, self.topic, partition=partition),
         )
+        return sent
 
     async def flush(self) -> None:
         """Wait until every record written so far is acknowledged.
@@ -562,7 +567,7 @@ class KafkaRepartitionSink(KafkaSink):
     def _markers(self, origin: int, origins: int, watermark: int) -> tuple[list[_Rec], list[int]]:
         headers = [
             (ORIGIN_HEADER, str(origin).encode()),
-            (WATERMARK_HEADER, b"idle" if watermark == IDLE else str(watermark).encode()),
+            (WATERMARK_HEADER, IDLE_MARK if watermark == IDLE else str(watermark).encode()),
             (ORIGINS_HEADER, str(origins).encode()),
         ]
         count = self._partition_count or 0

@@ -13,12 +13,13 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.structs import RecordMetadata
 
 from evtime.connectors.kafka_fetch import lean_fetch
 from evtime.connectors.kafka_retry import (
@@ -30,8 +31,9 @@ from evtime.connectors.kafka_retry import (
 )
 from evtime.connectors.kafka_transaction import TransactionalProducer
 from evtime.errors import ConfigError, TransactionFailedError
+from evtime.io import ChangelogBatch
 from evtime.records import ChangelogRecord
-from evtime.runtime.changelog import CHECKPOINT_HEADER, EPOCH_HEADER
+from evtime.wire import CHECKPOINT_HEADER, EPOCH_HEADER
 
 log = logging.getLogger("evtime.changelog")
 
@@ -170,7 +172,7 @@ class KafkaChangelog:
 
     async def append(
         self,
-        batches: dict[int, tuple[Sequence[tuple[bytes, bytes | None]], dict[str, int] | None]],
+        batches: dict[int, ChangelogBatch],
         producer: object | None = None,
         epochs: dict[int, str] | None = None,
     ) -> dict[int, int]:
@@ -217,12 +219,12 @@ class KafkaChangelog:
     async def _append_with(
         self,
         producer: AIOKafkaProducer,
-        batches: dict[int, tuple[Sequence[tuple[bytes, bytes | None]], dict[str, int] | None]],
+        batches: dict[int, ChangelogBatch],
         epochs: dict[int, str] | None,
     ) -> dict[int, int]:
         # Per partition: the future of its last batch and that batch's record count.
-        last: dict[int, tuple[Any, int]] = {}
-        sent: list[Any] = []
+        last: dict[int, tuple[asyncio.Future[RecordMetadata], int]] = {}
+        sent: list[asyncio.Future[RecordMetadata]] = []
         for partition, (records, checkpoint) in batches.items():
             headers = (
                 [(CHECKPOINT_HEADER, orjson.dumps(checkpoint))] if checkpoint is not None else []
@@ -255,14 +257,17 @@ class KafkaChangelog:
             ends[partition] = meta.offset + count
         return ends
 
-    async def _send_batch(self, producer: AIOKafkaProducer, batch: Any, partition: int) -> Any:
+    async def _send_batch(
+        self, producer: AIOKafkaProducer, batch: BatchBuilder, partition: int
+    ) -> asyncio.Future[RecordMetadata]:
         # aiokafka queues a partition's batch only once the previous one is drained: while
         # the broker is down, send_batch gives up after request_timeout_ms (40 s) without
         # queuing the batch, so it is retried as it is.
-        return await while_unreachable(
+        sent: asyncio.Future[RecordMetadata] = await while_unreachable(
             f"appending to {self.topic!r}[{partition}]",
             lambda: producer.send_batch(batch, self.topic, partition=partition),
         )
+        return sent
 
     async def end_offsets(self, partitions: list[int]) -> dict[int, int]:
         """The end offsets of ``partitions`` (what a restore would read up to), in one

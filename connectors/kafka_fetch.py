@@ -29,10 +29,11 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from itertools import chain, islice
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CorruptRecordException
+
+from evtime.records import FetchedRecord
 
 log = logging.getLogger("evtime.kafka")
 
@@ -93,21 +94,27 @@ def lean_fetch(consumer: AIOKafkaConsumer) -> bool:
     return True
 
 
-class _LeanResults(OrderedDict[Any, Any]):
+class _LeanResults(OrderedDict[TopicPartition, object]):
     """The fetcher's results per partition: each new fetch result is made lean."""
 
-    def __init__(self, existing: Iterable[tuple[Any, Any]] | dict[Any, Any] = ()) -> None:
+    def __init__(
+        self, existing: Iterable[tuple[TopicPartition, object]] | dict[TopicPartition, object] = ()
+    ) -> None:
         super().__init__()
         for tp, result in dict(existing).items():
             self[tp] = result
 
-    def __setitem__(self, tp: Any, result: Any) -> None:
+    def __setitem__(self, tp: TopicPartition, result: object) -> None:
         if type(result) is FetchResult:
-            records = result._partition_records
-            if records is not None:
-                records._records_iterator = chain.from_iterable(_batches(records))
-                result.getall = _Getall(result)
+            _make_lean(result)
         super().__setitem__(tp, result)
+
+
+def _make_lean(result: FetchResult) -> None:
+    records = result._partition_records
+    if records is not None:
+        records._records_iterator = chain.from_iterable(_batches(records))
+        result.getall = _Getall(result)
 
 
 class _Getall:
@@ -115,10 +122,10 @@ class _Getall:
 
     __slots__ = ("_result",)
 
-    def __init__(self, result: Any) -> None:
+    def __init__(self, result: FetchResult) -> None:
         self._result = result
 
-    def __call__(self, max_records: int | None = None) -> list[Any]:
+    def __call__(self, max_records: int | None = None) -> list[FetchedRecord]:
         result = self._result
         if not result.check_assignment(result._topic_partition) or not result.has_more():
             return []
@@ -138,7 +145,7 @@ class _Getall:
         return taken
 
 
-def _batches(records: Any) -> Iterator[Iterable[Any]]:
+def _batches(records: PartitionRecords) -> Iterator[Iterable[FetchedRecord]]:
     """The record batches of one fetched partition, each as an iterable of its records
     (walked by the caller at C speed), with aiokafka's rules for which batches count."""
     buffer = records._records

@@ -103,7 +103,7 @@ async def while_unreachable(
 ) -> _T:
     """``await attempt()`` until it succeeds, waiting with exponential backoff (0.1 s up
     to 5 s) while the broker is unreachable, for at most ``wait_s`` seconds in all
-    (default :func:`broker_wait_s`). Any other error (any for which ``retry_if`` is
+    (default :func:`broker_wait_s`). Every other error (any for which ``retry_if`` is
     false) is raised at once.
 
     Each failed attempt is logged; past the deadline, BrokerUnreachableError (with the

@@ -8,10 +8,10 @@ not all land raises TransactionFailedError instead (the worker then redoes the i
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
+from aiokafka.structs import RecordMetadata
 
 from evtime.connectors.kafka_retry import producer_overrides, while_unreachable
 from evtime.errors import TransactionFailedError
@@ -53,7 +53,9 @@ class TransactionalProducer:
 
     __slots__ = ("producer", "sent")
 
-    def __init__(self, producer: AIOKafkaProducer, sent: list[asyncio.Future[Any]]) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, sent: list[asyncio.Future[RecordMetadata]]
+    ) -> None:
         self.producer = producer
         self.sent = sent
 
@@ -71,7 +73,7 @@ class KafkaTransaction:
         self._bootstrap = bootstrap
         self._producer = self._new_producer()
         self._started = False
-        self._sent: list[asyncio.Future[Any]] = []
+        self._sent: list[asyncio.Future[RecordMetadata]] = []
 
     def _new_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(

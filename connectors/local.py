@@ -21,7 +21,7 @@ from evtime.errors import ConfigError
 from evtime.records import DeadLetter, Headers, Output, RawRecord
 
 
-def partition_for(key: Any, partitions: int) -> int:
+def partition_for(key: object, partitions: int) -> int:
     """Stable partition of a key (CRC-32 of its bytes; None goes to 0)."""
     if key is None:
         return 0
@@ -58,7 +58,7 @@ class MemorySource:
     def of(
         cls,
         topic: str,
-        values: Iterable[Any],
+        values: Iterable[object],
         *,
         partitions: int = 1,
         key: str | None = None,
@@ -73,9 +73,9 @@ class MemorySource:
 
     def add(
         self,
-        value: Any,
+        value: object,
         *,
-        key: Any = None,
+        key: object = None,
         partition: int | None = None,
         timestamp: int | None = None,
         headers: Headers = (),
@@ -194,7 +194,7 @@ def output_line(output: Output) -> bytes:
     )
 
 
-def _key(key: Any) -> Any:
+def _key(key: object) -> object:
     return key.decode(errors="replace") if isinstance(key, bytes) else key
 
 

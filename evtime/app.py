@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from evtime.aggregates import Aggregate
 from evtime.errors import ConfigError
-from evtime.io import DeadLetterSink, Sink
+from evtime.io import DeadLetterSink, RepartitionFactory, Sink
 from evtime.names import legal_part, repartition_topic
 from evtime.operators.join import JoinInput, JoinSpec, JoinType
 from evtime.operators.process import ProcessContext, ProcessSpec, Timer
@@ -235,7 +235,7 @@ class App:
         topic = self._topic(source)
         spec = self.plan.sources[topic]
         connector = spec.connector
-        if not hasattr(connector, "repartition_sink") or not hasattr(connector, "internal_source"):
+        if not isinstance(connector, RepartitionFactory):
             raise ConfigError(
                 f"repartition needs a Kafka source; {topic!r} reads {type(connector).__name__} "
                 "(partition a local source's records by key when writing them instead)"
@@ -267,7 +267,8 @@ class App:
         self.plan.sources[topic] = SourceSpec(
             topic, connector, key, spec.timestamp, spec.watermarks, spec.value_format
         )
-        self.plan.sinks[output] = connector.repartition_sink(internal)
+        sink = self.plan.repartition_sinks[output] = connector.repartition_sink(internal)
+        self.plan.sinks[output] = sink
         downstream = SourceSpec(
             internal,
             connector.internal_source(internal),

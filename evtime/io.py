@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
-from evtime.records import ChangelogRecord, DeadLetter, Output, RawRecord
+from evtime.records import ChangelogRecord, DeadLetter, FetchedRecord, Output, RawRecord
 
 
 @runtime_checkable
@@ -54,6 +54,9 @@ class DeadLetterSink(Protocol):
 
 
 TopicPartition = tuple[str, int]
+ChangelogBatch = tuple[Sequence[tuple[bytes, bytes | None]], dict[str, int] | None]
+"""A task's changelog records (key, value) of one append, and the input offsets of the
+checkpoint they belong to (None: an epoch marker)."""
 
 
 @runtime_checkable
@@ -74,7 +77,9 @@ class GroupSource(Protocol):
 
     async def poll(
         self, timeout_ms: int, max_records: int
-    ) -> dict[TopicPartition, list[RawRecord]]: ...
+    ) -> dict[TopicPartition, Sequence[FetchedRecord]]:
+        """The records fetched, per partition (each partition's in offset order)."""
+        ...
 
     @property
     def group_id(self) -> str: ...
@@ -99,6 +104,11 @@ class GroupSource(Protocol):
         ...
 
     def paused(self) -> set[TopicPartition]: ...
+
+    def highwaters(self) -> dict[TopicPartition, int]:
+        """Each assigned partition's end offset as of its last fetch, where known (for the
+        lag metric)."""
+        ...
 
     def seek(self, offsets: dict[TopicPartition, int]) -> None:
         """Fetch ``offsets``' partitions (those assigned now) from these offsets next."""
@@ -142,7 +152,7 @@ class Changelog(Protocol):
 
     async def append(
         self,
-        batches: dict[int, tuple[Sequence[tuple[bytes, bytes | None]], dict[str, int] | None]],
+        batches: dict[int, ChangelogBatch],
         producer: object | None = None,
         epochs: dict[int, str] | None = None,
     ) -> dict[int, int]:
@@ -190,3 +200,33 @@ class TransactionalSink(Protocol):
 @runtime_checkable
 class TransactionalDeadLetterSink(Protocol):
     async def write_dead_in(self, producer: object, letters: Sequence[DeadLetter]) -> None: ...
+
+
+@runtime_checkable
+class RepartitionSink(Sink, Protocol):
+    """The internal topic of a repartition: records keyed anew, and watermark markers
+    (evtime/wire.py) that carry each source partition's watermark to every partition."""
+
+    async def ensure(self, partitions: int) -> None:
+        """Create the topic with ``partitions`` partitions if it is missing."""
+        ...
+
+    async def write_watermark(self, origin: int, origins: int, watermark: int) -> None:
+        """Tell every partition that source partition ``origin`` (of ``origins``) is at
+        ``watermark`` (:data:`evtime.wire.IDLE`: idle), behind the records it sent."""
+        ...
+
+    async def write_watermark_in(
+        self, producer: object, origin: int, origins: int, watermark: int
+    ) -> None:
+        """:meth:`write_watermark` in a task's open transaction (exactly-once)."""
+        ...
+
+
+@runtime_checkable
+class RepartitionFactory(Protocol):
+    """A source declaration that can repartition: the internal topic's sink and source."""
+
+    def repartition_sink(self, topic: str) -> RepartitionSink: ...
+
+    def internal_source(self, topic: str) -> GroupSourceFactory: ...

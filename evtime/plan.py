@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from evtime.errors import ConfigError
-from evtime.io import DeadLetterSink, Sink
+from evtime.io import DeadLetterSink, GroupSourceFactory, RepartitionSink, Sink
 from evtime.operators.join import JoinSpec
 from evtime.operators.process import ProcessSpec
 from evtime.operators.repartition import RepartitionSpec
@@ -49,8 +49,23 @@ class Plan:
     sources: dict[str, SourceSpec] = field(default_factory=dict)
     operators: list[OperatorSpec] = field(default_factory=list)
     sinks: dict[str, Sink] = field(default_factory=dict)
+    repartition_sinks: dict[str, RepartitionSink] = field(default_factory=dict)
+    """The sinks of :attr:`sinks` that are repartitions' internal topics, by output id."""
     dead_letter: DeadLetterSink | None = None
     guarantee: Guarantee = Guarantee.AT_LEAST_ONCE
+
+    def group_source_factory(self) -> GroupSourceFactory:
+        """The consumer-group sources' factory (Kafka), which the worker opens the group,
+        the changelogs and the transactions with; ConfigError when a source is not one."""
+        factories = []
+        for spec in self.sources.values():
+            if not isinstance(spec.connector, GroupSourceFactory):
+                raise ConfigError(
+                    f"source {spec.topic!r} is not a Kafka source; an app runs either on Kafka "
+                    "or on local sources, not both"
+                )
+            factories.append(spec.connector)
+        return factories[0]
 
     def groups(self) -> list[tuple[str, ...]]:
         """Topics that must be processed together (an operator reading several ties them).

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 KeyObj = str | bytes | int | None
 Headers = tuple[tuple[str, bytes], ...]
@@ -48,6 +49,29 @@ class RawRecord:
     headers: Headers = ()
 
 
+class FetchedRecord(Protocol):
+    """A record as a source hands it over: what the engine reads of it.
+
+    :class:`RawRecord` is one; so is a Kafka client's own record object, handed over as
+    it is (no per-record copy on the hot path).
+    """
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> Any: ...
+
+    @property
+    def value(self) -> Any: ...
+
+    @property
+    def timestamp(self) -> int | None: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
 @dataclass(slots=True)
 class Batch:
     """Decoded records of one input partition, as parallel lists.
@@ -61,7 +85,7 @@ class Batch:
 
     topic: str
     partition: int
-    raw: list[RawRecord]
+    raw: Sequence[FetchedRecord]
     keys: list[KeyObj]
     values: list[Any]
     timestamps: list[int]

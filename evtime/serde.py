@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from evtime.errors import ConfigError, KeyExtractionError, SerdeError, TimestampError
-from evtime.records import KeyObj, RawRecord
+from evtime.records import FetchedRecord, KeyObj
 from evtime.time import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 
@@ -50,14 +50,14 @@ TimestampSpec = str | Callable[[Any], Any] | None
 """A value field name, a function of the value, or None for the source record's timestamp."""
 
 
-def key_getter(spec: KeySpec) -> Callable[[Any, RawRecord], KeyObj]:
+def key_getter(spec: KeySpec) -> Callable[[Any, FetchedRecord], KeyObj]:
     """Build the key extractor for ``spec``."""
     if spec is None:
         return _record_key
     if isinstance(spec, str):
         field = spec
 
-        def by_field(value: Any, raw: RawRecord) -> KeyObj:
+        def by_field(value: Any, raw: FetchedRecord) -> KeyObj:
             try:
                 return _as_key(value[field])
             except (KeyError, TypeError, IndexError) as exc:
@@ -67,14 +67,14 @@ def key_getter(spec: KeySpec) -> Callable[[Any, RawRecord], KeyObj]:
     if callable(spec):
         fn = spec
 
-        def by_function(value: Any, raw: RawRecord) -> KeyObj:
+        def by_function(value: Any, raw: FetchedRecord) -> KeyObj:
             return _as_key(fn(value))
 
         return by_function
     raise ConfigError(f"key must be a field name, a function or None, not {spec!r}")
 
 
-def _record_key(value: Any, raw: RawRecord) -> KeyObj:
+def _record_key(value: Any, raw: FetchedRecord) -> KeyObj:
     key = raw.key
     if isinstance(key, bytes | bytearray):
         try:
@@ -97,11 +97,11 @@ def _as_key(key: Any) -> KeyObj:
     )
 
 
-def timestamp_getter(spec: TimestampSpec) -> Callable[[Any, RawRecord], int]:
+def timestamp_getter(spec: TimestampSpec) -> Callable[[Any, FetchedRecord], int]:
     """Build the event-time extractor for ``spec`` (result: int ms since the epoch)."""
     if spec is None:
 
-        def by_record(value: Any, raw: RawRecord) -> int:
+        def by_record(value: Any, raw: FetchedRecord) -> int:
             if raw.timestamp is None:
                 raise TimestampError(
                     "the record has no timestamp; declare timestamp= (a field or function)"
@@ -112,7 +112,7 @@ def timestamp_getter(spec: TimestampSpec) -> Callable[[Any, RawRecord], int]:
     if isinstance(spec, str):
         field = spec
 
-        def by_field(value: Any, raw: RawRecord) -> int:
+        def by_field(value: Any, raw: FetchedRecord) -> int:
             try:
                 ts = value[field]
             except (KeyError, TypeError, IndexError) as exc:
@@ -123,7 +123,7 @@ def timestamp_getter(spec: TimestampSpec) -> Callable[[Any, RawRecord], int]:
     if callable(spec):
         fn = spec
 
-        def by_function(value: Any, raw: RawRecord) -> int:
+        def by_function(value: Any, raw: FetchedRecord) -> int:
             ts = fn(value)
             return ts if type(ts) is int else coerce_timestamp(ts, "timestamp function")
 

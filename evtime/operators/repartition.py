@@ -7,30 +7,17 @@ on the new key) puts every record of a key into one partition. Each record carri
 origin (source partition and offset) in the output id, so the downstream task can drop
 a record sent twice (a restarted upstream task resends what its last checkpoint had not
 covered). Watermarks cross the topic as marker records, written by the worker after each
-step (see evtime/runtime/worker.py and evtime/runtime/task.py): the downstream watermark
+step (see evtime/runtime/markers.py and evtime/runtime/task.py): the downstream watermark
 is the minimum of the upstream partitions' watermarks, as a shuffle's is in Flink.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from evtime.operators.base import Collector
 from evtime.records import Batch, Output
 from evtime.serde import KeySpec
-
-ORIGIN_HEADER = "evtime-origin"
-"""A repartitioned record's source partition and offset (``p:offset``); a marker's
-source partition."""
-WATERMARK_HEADER = "evtime-watermark"
-"""A marker's watermark (the source partition's, after the records it sent before), or
-``idle``: the source partition is idle (its ``idle_timeout`` passed without records) and
-holds no downstream watermark back until its next watermark."""
-IDLE = -(2**63) - 1
-"""The watermark a marker of an idle source partition stands for (sent as ``idle``)."""
-ORIGINS_HEADER = "evtime-origins"
-"""A marker's count of source partitions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,5 +64,5 @@ class RepartitionOperator:
         return None
 
 
-def column_families(spec: Any) -> list[str]:
+def column_families(spec: RepartitionSpec) -> list[str]:
     return []

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
@@ -35,8 +34,6 @@ from evtime.state.store import Change
 SEP = b"\x00"
 META_KEY = SEP + b"meta"
 MARKER_PREFIX = SEP + b"epoch:"
-CHECKPOINT_HEADER = "evtime-ckpt"
-EPOCH_HEADER = "evtime-epoch"
 
 
 def state_record(change: Change) -> tuple[bytes, bytes | None]:
@@ -44,7 +41,7 @@ def state_record(change: Change) -> tuple[bytes, bytes | None]:
     return change.store.encode() + SEP + change.key, change.value
 
 
-def meta_record(offsets: dict[str, int], watermarks: dict[str, Any]) -> tuple[bytes, bytes]:
+def meta_record(offsets: dict[str, int], watermarks: dict[str, object]) -> tuple[bytes, bytes]:
     return META_KEY, orjson.dumps({"offsets": offsets, "watermarks": watermarks})
 
 
@@ -63,7 +60,7 @@ class RestorePlan:
 
     changes: list[Change] = field(default_factory=list)
     offsets: dict[str, int] | None = None
-    watermarks: dict[str, Any] | None = None
+    watermarks: dict[str, object] | None = None
     applied: int = 0
     skipped: int = 0
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
-from typing import Any
 
 from evtime.errors import ConfigError
-from evtime.io import DeadLetterSink, LocalSource, Sink
+from evtime.io import LocalSource
 from evtime.plan import Plan
-from evtime.records import DeadLetter, Output
+from evtime.runtime.checkpoint import Checkpointer
 from evtime.runtime.gc import tune_gc
+from evtime.runtime.memory import MemoryChangelog, MemoryOffsets
+from evtime.runtime.sinks import close_sinks, deliver
+from evtime.runtime.status import WorkerStats
 from evtime.runtime.task import PartitionTask
 from evtime.time import Clock, SystemClock
 
@@ -41,7 +42,21 @@ class LocalRunner:
                 )
             self._sources[topic] = spec.connector
         self._ended: set[tuple[str, int]] = set()
-        self._last_checkpoint = self.clock.now_ms()
+        # The worker's checkpoint protocol, on an in-memory changelog and offset store:
+        # the state lives in the tasks' RocksDB, the positions in their snapshots.
+        self.changelog = MemoryChangelog()
+        self.committed = MemoryOffsets(plan.app_name)
+        self.stats = WorkerStats()
+        self._checkpointer = Checkpointer(
+            plan,
+            {group: self.changelog for group in plan.groups()},
+            self.committed,
+            self._deliver_all,
+            self.clock,
+            self.stats,
+            state_changes=self.changelog.retain,
+        )
+        self._checkpointer.begin_interval()
         self.dead_letters = 0
         self.outputs_written = 0
         self._opened = False
@@ -87,10 +102,7 @@ class LocalRunner:
             if (nxt is not None and nxt <= now) or task.tracker.strategy.idle_timeout is not None:
                 task.tick(now)
                 await self._deliver(task)
-        if (
-            now - self._last_checkpoint >= self.plan.checkpoint_interval
-            or any(t.has_backlog() for t in self.tasks)
-        ):
+        if self._checkpointer.due(now) or any(t.has_backlog() for t in self.tasks):
             await self.checkpoint()
         return progressed
 
@@ -106,14 +118,13 @@ class LocalRunner:
         self.outputs_written += sum(len(v) for v in outputs.values())
         self.dead_letters += len(dead)
 
-    async def checkpoint(self) -> None:
-        """Flush every sink, then snapshot every task (state + offsets in one WriteBatch)."""
-        for task in self.tasks:
+    async def _deliver_all(self, tasks: Sequence[PartitionTask]) -> None:
+        for task in tasks:
             await self._deliver(task)
-        await flush_all(self.plan)
-        for task in self.tasks:
-            task.snapshot()
-        self._last_checkpoint = self.clock.now_ms()
+
+    async def checkpoint(self) -> None:
+        """Checkpoint every task (evtime/runtime/checkpoint.py, at-least-once)."""
+        await self._checkpointer.checkpoint(self.tasks)
 
     async def run(self, *, poll_interval: float = 0.05) -> None:
         """Run until every bounded source ended (forever for unbounded ones), then checkpoint.
@@ -153,47 +164,3 @@ class LocalRunner:
             task.close()
         self.tasks.clear()
         self._opened = False
-
-
-async def deliver(
-    plan: Plan, outputs: dict[str, list[Output]], dead: Sequence[DeadLetter]
-) -> None:
-    """Hand outputs to their sinks and dead letters to the dead-letter sink."""
-    for output_id, batch in outputs.items():
-        sink: Sink | None = plan.sinks.get(output_id)
-        if sink is None:
-            raise ConfigError(f"no sink for output {output_id!r}")
-        await sink.write(batch)
-    if dead:
-        dl: DeadLetterSink | None = plan.dead_letter
-        if dl is None:
-            for letter in dead:
-                log.warning("dead letter (no dead-letter sink configured): %s", letter.to_dict())
-        else:
-            await dl.write_dead(dead)
-
-
-def _distinct_sinks(plan: Plan) -> list[Any]:
-    """Every sink and the dead-letter sink, each once (a sink may serve several outputs)."""
-    distinct: dict[int, Any] = {}
-    for sink in [*plan.sinks.values(), plan.dead_letter]:
-        if sink is not None:
-            distinct.setdefault(id(sink), sink)
-    return list(distinct.values())
-
-
-async def close_sinks(plan: Plan) -> None:
-    """Close every sink and the dead-letter sink once."""
-    for sink in _distinct_sinks(plan):
-        await sink.close()
-
-
-async def flush_all(plan: Plan) -> list[tuple[Any, float]]:
-    """Flush every sink and the dead-letter sink, awaiting durability; each sink with the
-    seconds its flush took."""
-    took = []
-    for sink in _distinct_sinks(plan):
-        began = time.perf_counter()
-        await sink.flush()
-        took.append((sink, time.perf_counter() - began))
-    return took

@@ -1,8 +1,9 @@
 """A worker's Prometheus metrics and health, served over HTTP (DESIGN.md section 9).
 
 Nothing is measured per record: the worker keeps plain counters per fetched batch,
-per delivery and per checkpoint (:class:`WorkerStats`), and everything else
-(watermarks, lag, state size) is read from the worker when Prometheus scrapes.
+per delivery and per checkpoint (evtime/runtime/status.py), and everything else
+(watermarks, lag, state size) is in the status value the worker builds when Prometheus
+scrapes: this module reads that value, never the worker.
 
 ``GET /metrics``       the metrics, in Prometheus' text format;
 ``GET /healthz``       readiness: 200 while the worker runs with its partitions' tasks
@@ -16,9 +17,7 @@ per delivery and per checkpoint (:class:`WorkerStats`), and everything else
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
 
 import orjson
 from aiohttp import web
@@ -31,40 +30,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from evtime.io import TopicPartition
 from evtime.names import group_name
+from evtime.runtime.status import WorkerStatus
 from evtime.settings import Settings
 from evtime.time import MIN_TIMESTAMP
 
-if TYPE_CHECKING:
-    from evtime.runtime.worker import Worker
-
 log = logging.getLogger("evtime.metrics")
-
-
-@dataclass
-class WorkerStats:
-    """Counters the worker keeps as it goes (since the process started)."""
-
-    records_in: dict[TopicPartition, int] = field(default_factory=dict)
-    """Records fetched and handed to their task, per input topic-partition."""
-    records_out: dict[str, int] = field(default_factory=dict)
-    """Outputs handed to their sink, per output id (``<operator>/main``, ``<operator>/late``)."""
-    dead_letters: dict[str, int] = field(default_factory=dict)
-    """Records sent to the dead-letter output, per reason."""
-    late_records: int = 0
-    checkpoint_count: int = 0
-    checkpoint_seconds: float = 0.0
-    checkpoint_last_seconds: float = 0.0
-    checkpoint_changes: int = 0
-    """State entries written to the changelog by checkpoints."""
-    checkpoint_last_changes: int = 0
-    sink_flushes: dict[str, tuple[int, float]] = field(default_factory=dict)
-    """Per sink: flushes and the seconds they took (a flush awaits every acknowledgement)."""
-
-    def flushed(self, sink: str, seconds: float) -> None:
-        count, total = self.sink_flushes.get(sink, (0, 0.0))
-        self.sink_flushes[sink] = (count + 1, total + seconds)
 
 
 def configured_port(port: int | None) -> int | None:
@@ -72,28 +43,17 @@ def configured_port(port: int | None) -> int | None:
     return Settings.load({"metrics_port": port}).metrics_port
 
 
-def sink_names(worker: Worker) -> dict[int, str]:
-    """A label per distinct sink (by id): the output ids it serves, or ``dead-letters``."""
-    names: dict[int, list[str]] = {}
-    for output_id, sink in worker.plan.sinks.items():
-        names.setdefault(id(sink), []).append(output_id)
-    out = {key: "+".join(sorted(ids)) for key, ids in names.items()}
-    if worker.plan.dead_letter is not None:
-        out.setdefault(id(worker.plan.dead_letter), "dead-letters")
-    return out
-
-
 class WorkerCollector(Collector):
-    """Reads a worker's state and counters when scraped."""
+    """Reads a worker's status when scraped."""
 
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
+    def __init__(self, status: Callable[[], WorkerStatus]) -> None:
+        self._status = status
 
     def collect(self) -> Iterator[Metric]:
-        w = self._worker
+        w = self._status()
         stats = w.stats
-        app = w.plan.app_name
-        now_ms = w.clock.now_ms()
+        app = w.app
+        now_ms = w.now_ms
         counter, gauge = CounterMetricFamily, GaugeMetricFamily
 
         yield _family(counter, "evtime_records_in", "Records read, per input topic and partition",
@@ -110,19 +70,19 @@ class WorkerCollector(Collector):
         delays: list[tuple[list[str], float]] = []
         sizes: list[tuple[list[str], float]] = []
         entries: list[tuple[list[str], float]] = []
-        highwaters = w.highwaters()
-        for task in list(w.tasks.values()):
+        highwaters = w.highwaters
+        for task in w.tasks:
             labels = [group_name(task.group), str(task.partition)]
             for topic in task.group:
                 end = highwaters.get((topic, task.partition))
                 if end is not None:
                     lag.append(([topic, labels[1]], max(0, end - task.offsets[topic])))
-            wm = task.tracker.current
+            wm = task.watermark
             if wm > MIN_TIMESTAMP:  # no watermark before the first record
                 watermarks.append((labels, wm))
                 delays.append((labels, max(0.0, (now_ms - wm) / 1000)))
-            if not task.db.closed:
-                size, keys = task.db.size()
+            if task.state_size is not None:
+                size, keys = task.state_size
                 sizes.append((labels, size))
                 entries.append((labels, keys))
         yield _family(gauge, "evtime_consumer_lag", "Records between a partition's next offset "
@@ -164,18 +124,18 @@ class WorkerCollector(Collector):
             (gauge, "evtime_checkpoint_last_changes", "State entries written by the last "
              "checkpoint", stats.checkpoint_last_changes),
             (gauge, "evtime_assigned_partitions", "Input partitions assigned to this worker",
-             len(w.assigned())),
+             len(w.assigned)),
             (gauge, "evtime_tasks", "Partition tasks open in this worker", len(w.tasks)),
             (counter, "evtime_rebalances_assigned", "Partition assignments handled",
-             w.assignments),
+             stats.assignments),
             (counter, "evtime_rebalances_revoked", "Partition revocations handled",
-             w.revocations),
+             stats.revocations),
             (counter, "evtime_backpressure_pauses", "Times the partitions were paused for a "
-             "slow sink", w.pauses),
+             "slow sink", stats.pauses),
             (counter, "evtime_restored_records", "Changelog records applied by state restores",
-             w.restored_records),
+             stats.restored_records),
             (counter, "evtime_transactions_redone", "Exactly-once intervals processed again "
-             "after their transaction could not commit", w.redos),
+             "after their transaction could not commit", stats.redos),
         ):
             yield _family(kind, name, help_, app, [], [([], value)])
 
@@ -198,12 +158,12 @@ def _family(
 class MetricsServer:
     """``/metrics``, ``/healthz`` and ``/healthz/live`` on ``host:port``, in the worker's loop."""
 
-    def __init__(self, worker: Worker, host: str, port: int) -> None:
-        self._worker = worker
+    def __init__(self, status: Callable[[], WorkerStatus], host: str, port: int) -> None:
+        self._status = status
         self.host = host
         self.port = port
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(WorkerCollector(worker))
+        self.registry.register(WorkerCollector(status))
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -238,12 +198,12 @@ class MetricsServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _ready(self, request: web.Request) -> web.Response:
-        health = self._worker.health()
+        health = self._status().health()
         return _json(health, 200 if health["ready"] else 503)
 
     async def _live(self, request: web.Request) -> web.Response:
-        return _json({"live": True, "state": self._worker.state}, 200)
+        return _json({"live": True, "state": self._status().state.value}, 200)
 
 
-def _json(body: dict[str, Any], status: int) -> web.Response:
+def _json(body: dict[str, object], status: int) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")

@@ -7,10 +7,10 @@ batch at a time, takes its outputs to the sinks, and asks it to snapshot.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import orjson
 
@@ -27,27 +27,34 @@ from evtime.operators.join import JoinOperator, JoinSpec
 from evtime.operators.join import column_families as join_families
 from evtime.operators.process import ProcessOperator
 from evtime.operators.process import column_families as process_families
-from evtime.operators.repartition import (
-    ORIGIN_HEADER,
-    ORIGINS_HEADER,
-    WATERMARK_HEADER,
-    RepartitionOperator,
-    RepartitionSpec,
-)
+from evtime.operators.repartition import RepartitionOperator, RepartitionSpec
 from evtime.operators.window import WindowSpec, make_window_operator
 from evtime.operators.window import column_families as window_families
 from evtime.plan import OperatorSpec, Plan, SourceSpec, operator_sources
-from evtime.records import Batch, DeadLetter, DeadLetterReason, KeyObj, Output, RawRecord
+from evtime.records import Batch, DeadLetter, DeadLetterReason, FetchedRecord, KeyObj, Output
+from evtime.runtime.snapshot import PreparedSnapshot, SnapshotMeta
 from evtime.serde import ValueFormat, decode_value, key_getter, timestamp_getter
 from evtime.state import CommitStats, TaskDB
 from evtime.time import MIN_TIMESTAMP, Clock
 from evtime.watermarks import WatermarkTracker
+from evtime.wire import IDLE_MARK, ORIGIN_HEADER, ORIGINS_HEADER, WATERMARK_HEADER
 
 log = logging.getLogger("evtime.task")
+TaskId = tuple[tuple[str, ...], int]
+"""A partition task's id: its topic group and its partition."""
 ORIGINS_STORE = "__origins__"
 
 
-def _minimum(state: dict[str, Any]) -> int:
+class _OriginsState(TypedDict):
+    """A repartitioned input's sources (stored per topic in ``__origins__``)."""
+
+    count: int
+    """The source partitions (the most any marker named)."""
+    origins: dict[str, list[int]]
+    """Per source partition: ``[last offset seen, watermark, idle]``."""
+
+
+def _minimum(state: _OriginsState) -> int:
     """A repartitioned input's watermark: the least of its source partitions' that are not
     idle (MIN until every one of them has sent a watermark or said it is idle)."""
     entries = state["origins"].values()
@@ -81,8 +88,8 @@ def _families(spec: OperatorSpec) -> list[str]:
 class _Input:
     spec: SourceSpec
     wm_partition: Hashable
-    key_of: Any
-    ts_of: Any
+    key_of: Callable[[object, FetchedRecord], KeyObj]
+    ts_of: Callable[[object, FetchedRecord], int]
     key_field: str | None
     ts_field: str | None
     operators: list[Operator]
@@ -91,9 +98,8 @@ class _Input:
 class PartitionTask:
     """Decodes records, tracks the watermark, drives operators, snapshots state.
 
-    Snapshot metadata (written with the state in one WriteBatch): ``offsets``
-    (the next offset of every input partition), ``watermarks`` (the tracker's
-    snapshot) and ``counters``.
+    Snapshot metadata (written with the state in one WriteBatch): a
+    :class:`~evtime.runtime.snapshot.SnapshotMeta`.
     """
 
     def __init__(self, plan: Plan, group: tuple[str, ...], partition: int, clock: Clock) -> None:
@@ -160,36 +166,37 @@ class PartitionTask:
         self.key_checks = 0
         # The run of this task (named by its changelog epoch marker), set by the worker.
         self.epoch: str | None = None
+        self.snapshot: SnapshotMeta | None = None
+        """The last snapshot's metadata (None: the task has none)."""
         self._restore()
 
     def _restore(self) -> None:
-        offsets = self.db.get_meta("offsets")
-        if offsets:
-            for topic, offset in offsets.items():
-                if topic in self.offsets:
-                    self.offsets[topic] = int(offset)
-        watermarks = self.db.get_meta("watermarks")
-        if watermarks:
-            self.tracker.restore(watermarks, self.clock.now_ms())
+        meta = self.snapshot = SnapshotMeta.load(self.db)
+        if meta is None:
+            return
+        for topic, offset in meta.offsets.items():
+            if topic in self.offsets:
+                self.offsets[topic] = offset
+        if meta.watermarks:
+            self.tracker.restore(meta.watermarks, self.clock.now_ms())
             for op in self.operators:
                 op.on_watermark(self.tracker.current)
             # Restoring fires nothing new: every timer due at this watermark fired before the
             # snapshot, so outputs collected here would be duplicates.
             self.collector.take()
-        counters = self.db.get_meta("counters") or {}
-        self.records_in = int(counters.get("records_in", 0))
+        self.records_in = meta.records_in
 
     @property
     def restored(self) -> bool:
         """Whether the task resumed from a snapshot."""
-        return self.db.get_meta("offsets") is not None
+        return self.snapshot is not None
 
     @property
     def watermark(self) -> int:
         return self.tracker.current
 
     # -- the hot path -----------------------------------------------------------
-    def process(self, topic: str, raws: Sequence[RawRecord]) -> None:
+    def process(self, topic: str, raws: Sequence[FetchedRecord]) -> None:
         """Decode ``raws`` (consecutive records of this task's partition of ``topic``) and run
         them through the operators."""
         if not raws:
@@ -199,15 +206,15 @@ class PartitionTask:
         else:
             self._process(topic, raws)
 
-    def _process_repartitioned(self, topic: str, raws: Sequence[RawRecord]) -> None:
+    def _process_repartitioned(self, topic: str, raws: Sequence[FetchedRecord]) -> None:
         """Records of a repartition topic: watermark markers move each source partition's
         watermark (the input's is their minimum, once every source partition has sent one);
         a record whose source offset was seen already is a resend, and is dropped."""
         assert self._origins is not None
-        state = self._origins.get(topic) or {"count": 0, "origins": {}}
+        state: _OriginsState = self._origins.get(topic) or _OriginsState(count=0, origins={})
         origins: dict[str, list[int]] = state["origins"]
         derived = _minimum(state)
-        data: list[RawRecord] = []
+        data: list[FetchedRecord] = []
         given: list[int] = []
         # Each source partition's entry, by the prefix of the origin header: a record's is
         # b"<source partition>:<offset>", a marker's b"<source partition>".
@@ -233,7 +240,7 @@ class PartitionTask:
             if entry is None:
                 entry = seen[source] = origins.setdefault(source.decode(), [-1, MIN_TIMESTAMP, 0])
             if marker is not None:
-                if marker == b"idle":
+                if marker == IDLE_MARK:
                     entry[2] = 1
                 else:
                     entry[1] = max(entry[1], int(marker))
@@ -258,7 +265,7 @@ class PartitionTask:
                 op.on_watermark(after)
 
     def _process(
-        self, topic: str, raws: Sequence[RawRecord], given: list[int] | None = None
+        self, topic: str, raws: Sequence[FetchedRecord], given: list[int] | None = None
     ) -> None:
         """``process``; ``given``: the input's watermark at each record (a repartition's)."""
         inp = self.inputs[topic]
@@ -282,7 +289,7 @@ class PartitionTask:
         max_ts: int | None = None
         dropped: list[int] = []
         keys: list[KeyObj] = []
-        values: list[Any] = []
+        values: list[object] = []
         timestamps: list[int] = []
         watermarks: list[int] = []
         bulk = (
@@ -304,7 +311,7 @@ class PartitionTask:
                     watermarks.append(last)
             else:
                 max_ts = max(timestamps)
-            raws_iter: Sequence[RawRecord] = ()
+            raws_iter: Sequence[FetchedRecord] = ()
         else:
             raws_iter = raws
         for n, raw in enumerate(raws_iter):
@@ -378,7 +385,7 @@ class PartitionTask:
                 if op not in inp.operators:
                     op.on_watermark(last)
 
-    def _check_keying(self, topic: str, raw: RawRecord, key: KeyObj) -> None:
+    def _check_keying(self, topic: str, raw: FetchedRecord, key: KeyObj) -> None:
         """Warn (once per topic and process) when a record's Kafka key is not its declared key:
         records of one key may then sit in several partitions, each task holding part of its
         windows, joins and state."""
@@ -408,10 +415,10 @@ class PartitionTask:
 
     @staticmethod
     def _decode_bulk(
-        raws: Sequence[RawRecord], kf: str, tf: str, watermark_before: int, delay: int
-    ) -> tuple[list[KeyObj], list[Any], list[int], list[int]] | None:
+        raws: Sequence[FetchedRecord], kf: str, tf: str, watermark_before: int, delay: int
+    ) -> tuple[list[KeyObj], list[object], list[int], list[int]] | None:
         """The common case in C-level loops: every value is JSON bytes of an object with a
-        str/int key field and an int timestamp field. Anything else returns None and the
+        str/int key field and an int timestamp field. Otherwise it returns None and the
         batch takes the record-by-record path (which gives bad records their reason)."""
         if type(raws[0].value) is not bytes:
             return None
@@ -429,7 +436,7 @@ class PartitionTask:
         watermarks = [(top := t) - delay if t > top else top - delay for t in timestamps]
         return keys, values, timestamps, watermarks
 
-    def _dead(self, topic: str, raw: RawRecord, value: Any, exc: Exception) -> None:
+    def _dead(self, topic: str, raw: FetchedRecord, value: object, exc: Exception) -> None:
         if isinstance(exc, TimestampError):
             reason = DeadLetterReason.TIMESTAMP
         elif isinstance(exc, KeyExtractionError):
@@ -475,21 +482,30 @@ class PartitionTask:
         """Outputs (by output id) and dead letters produced since the last call."""
         return self.collector.take()
 
-    def snapshot(self) -> CommitStats:
-        """Write state, timers, watermarks and next offsets in one synced WriteBatch.
+    def prepare_snapshot(self, *, collect_changes: bool = True) -> PreparedSnapshot:
+        """Gather the dirty state and timers (with the changes, for the changelog, if asked)
+        and the metadata of a snapshot, writing nothing yet (evtime/runtime/checkpoint.py)."""
+        meta = SnapshotMeta(
+            dict(self.offsets),
+            self.tracker.snapshot(),
+            None,
+            self.epoch,
+            self.records_in,
+        )
+        return PreparedSnapshot(self.db.prepare(collect_changes=collect_changes), meta)
 
-        The driver must have delivered (and flushed) every output taken before.
+    def apply_snapshot(self, prepared: PreparedSnapshot, changelog_end: int | None) -> CommitStats:
+        """Write a prepared snapshot (state, timers, watermarks, next offsets and the
+        changelog's end) in one synced WriteBatch.
+
+        The driver must have delivered (and flushed) every output taken before it was
+        prepared.
         """
+        meta = replace(prepared.meta, changelog_end=changelog_end)
+        stats = self.db.apply(prepared.batch, meta.encode())
+        self.snapshot = meta
         self.checkpoints += 1
-        return self.db.commit(self.snapshot_meta())
-
-    def snapshot_meta(self) -> dict[str, Any]:
-        """The metadata a snapshot writes with the state: next offsets, watermarks, counters."""
-        return {
-            "offsets": dict(self.offsets),
-            "watermarks": self.tracker.snapshot(),
-            "counters": {"records_in": self.records_in},
-        }
+        return stats
 
     def close(self) -> None:
         """Close the database; what was not snapshotted is dropped."""

@@ -121,7 +121,7 @@ async def test_a_sink_slower_than_max_poll_interval_pauses_the_partitions_and_ke
         assert _processed(worker) == processed
         assert source.paused() == assigned
         assert worker.pauses == pauses  # one episode, however many polls
-        assert worker._held == []  # every partition was paused before each poll
+        assert worker.backpressure.held == []  # every partition was paused before each poll
         sink.gate.set()
         await _until(
             lambda: len({o.id for o in sink.outputs}) >= len(expected),

@@ -57,6 +57,9 @@ class MemoryGroupSource:
     def resume(self, partitions: Any) -> None:
         return None
 
+    def highwaters(self) -> dict[TP, int]:
+        return {}
+
     def paused(self) -> set[TP]:
         return set()
 

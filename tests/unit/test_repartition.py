@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from evtime import App, Count, Tumbling, WindowResult
 from evtime.connectors.local import MemorySink, MemorySource
 from evtime.errors import ConfigError
-from evtime.operators.repartition import IDLE, ORIGIN_HEADER, ORIGINS_HEADER, WATERMARK_HEADER
 from evtime.records import RawRecord
 from evtime.runtime.task import PartitionTask
 from evtime.time import ManualClock
+from evtime.wire import IDLE, ORIGIN_HEADER, ORIGINS_HEADER, WATERMARK_HEADER
 from tests.unit.memory_kafka import MemoryKafka
 
 SIZE = 1_000
