@@ -8,7 +8,15 @@ keyed by ``id``. Each output document has ``_id`` = the join key and the fields
 * a joined document is written as soon as the second event of a pair arrives;
 * an unmatched document is written once the watermark passes ``ts +
   unmatched_after`` of the lone event, and is replaced by the joined document if
-  the partner arrives within ``within``; after ``within`` the key's state is gone.
+  the partner arrives within ``within``; after ``within`` the key's state is gone;
+* a partition that goes quiet does not hold its lone events back: once it has had
+  no record for ``--idle-timeout`` (default 30s) and the worker has read all it
+  holds, its watermark follows the wall clock (``advance_when_idle``), so a lone
+  event's unmatched document is searchable within ``unmatched_after +
+  idle_timeout`` (plus a checkpoint) of wall-clock time even if no other record
+  comes. This is for live data whose event time follows the wall clock; a record
+  that arrives later than that is late (the dead-letter topic). ``--idle-timeout
+  off`` turns it off (for replaying old data, say).
 
 Run it as a worker (options or ``EVTIME_*`` environment variables)::
 
@@ -48,6 +56,7 @@ DEFAULTS = {
     "app_name": ("EVTIME_APP_NAME", "seed-join"),
     "processing": ("EVTIME_PROCESSING", "at_least_once"),
     "max_out_of_orderness": ("EVTIME_MAX_OUT_OF_ORDERNESS", "5s"),
+    "idle_timeout": ("EVTIME_IDLE_TIMEOUT", "30s"),
 }
 
 
@@ -98,12 +107,15 @@ def build_app(args: argparse.Namespace) -> App:
         processing=args.processing,
         dead_letter=KafkaDeadLetterSink(f"{args.topic}-dlq", args.bootstrap),
     )
+    idle = None if args.idle_timeout in ("off", "0", "") else args.idle_timeout
     events = app.source(
         args.topic,
         KafkaSource(args.topic, args.bootstrap),
         key="id",
         timestamp="ts",
         max_out_of_orderness=args.max_out_of_orderness,
+        idle_timeout=idle,
+        advance_when_idle=idle is not None,
     )
     sink = ElasticsearchSink(
         args.index,

@@ -70,10 +70,12 @@ class WorkerCollector(Collector):
         delays: list[tuple[list[str], float]] = []
         sizes: list[tuple[list[str], float]] = []
         entries: list[tuple[list[str], float]] = []
+        clock: list[tuple[list[str], float]] = []
         highwaters = w.highwaters
         for task in w.tasks:
             labels = [group_name(task.group), str(task.partition)]
             for topic in task.group:
+                clock.append(([topic, labels[1]], 1.0 if topic in task.clock_driven else 0.0))
                 end = highwaters.get((topic, task.partition))
                 if end is not None:
                     lag.append(([topic, labels[1]], max(0, end - task.offsets[topic])))
@@ -88,6 +90,10 @@ class WorkerCollector(Collector):
         yield _family(gauge, "evtime_consumer_lag", "Records between a partition's next offset "
                       "and the end of the partition at the last fetch", app,
                       ["topic", "partition"], lag)
+        yield _family(gauge, "evtime_watermark_follows_clock", "1 while a partition's "
+                      "watermark follows the wall clock (quiet and read to its end, "
+                      "advance_when_idle), 0 while it follows its records", app,
+                      ["topic", "partition"], clock)
         task_labels = ["topics", "partition"]
         yield _family(gauge, "evtime_watermark_ms", "Watermark of a partition task (event time, "
                       "ms since the epoch)", app, task_labels, watermarks)

@@ -77,6 +77,8 @@ class TaskStatus:
     watermark: int
     state_size: tuple[int, int] | None
     """RocksDB's bytes and estimated entries of the task's state (None: closed)."""
+    clock_driven: frozenset[str] = frozenset()
+    """Input topics whose watermark follows the wall clock now (advance_when_idle)."""
 
 
 @dataclass(frozen=True, slots=True)

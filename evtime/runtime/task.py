@@ -7,7 +7,7 @@ batch at a time, takes its outputs to the sinks, and asks it to snapshot.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Container, Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypedDict
@@ -465,12 +465,19 @@ class PartitionTask:
         for op in self.operators:
             op.on_watermark(wm)
 
-    def tick(self, now_ms: int) -> None:
-        """Let wall-clock time act: idleness, processing-time timers, early firing."""
-        wm = self.tracker.on_tick(now_ms)
+    def tick(self, now_ms: int, caught_up: Container[Hashable] = ()) -> None:
+        """Let wall-clock time act: idleness, processing-time timers, early firing, and the
+        watermarks of quiet inputs read to their end (``caught_up``: (topic, partition)
+        pairs) under ``advance_when_idle``."""
+        wm = self.tracker.follow_clock(now_ms, caught_up)
         for op in self.operators:
             op.on_watermark(wm)
             op.on_processing_time(now_ms)
+
+    def clock_driven(self) -> frozenset[str]:
+        """The input topics whose watermark follows the wall clock now (advance_when_idle)."""
+        tracker = self.tracker
+        return frozenset(t for t in self.group if tracker.follows_clock((t, self.partition)))
 
     def next_tick(self) -> int | None:
         """When :meth:`tick` next has processing-time work."""

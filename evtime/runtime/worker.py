@@ -88,6 +88,8 @@ class Worker:
         self.exactly_once = plan.guarantee is Guarantee.EXACTLY_ONCE
         self._txns = TaskTransactions(plan.app_name, self._factory)
         self._routes = SinkRoutes(plan)
+        # Whether any source's watermark may follow the wall clock (advance_when_idle).
+        self._follow_clock = any(s.watermarks.advance_when_idle for s in plan.sources.values())
         self._checkpointer: Checkpointer | None = None
         self.timings: dict[str, float] = dict.fromkeys(
             ("startup", "poll", "process", "deliver", "checkpoint", "paused"), 0.0
@@ -225,8 +227,9 @@ class Worker:
                 # second start before the end of the first, which _process then skips.
                 self._process(batches)
             now = self.clock.now_ms()
+            caught_up = self._caught_up() if self._follow_clock else ()
             for task in self.tasks.values():
-                task.tick(now)
+                task.tick(now, caught_up)
             t2 = clock()
             await self._deliver(list(self.tasks.values()))
             t3 = clock()
@@ -254,6 +257,7 @@ class Worker:
                 dict(t.offsets),
                 t.watermark,
                 None if t.db.closed else t.db.size(),
+                t.clock_driven(),
             )
             for t in list(self.tasks.values())
         )
@@ -327,6 +331,19 @@ class Worker:
                     continue
             counts[(topic, partition)] = counts.get((topic, partition), 0) + len(raws)
             task.process(topic, raws)
+
+    def _caught_up(self) -> set[TopicPartition]:
+        """The assigned input partitions read to their end as of the last fetch (lag 0):
+        only these may let the wall clock move their watermark."""
+        source = self._source
+        ends = source.highwaters() if source is not None else {}
+        return {
+            (topic, task.partition)
+            for task in self.tasks.values()
+            for topic in task.group
+            if (end := ends.get((topic, task.partition))) is not None
+            and task.offsets[topic] >= end
+        }
 
     async def _deliver(self, tasks: Sequence[PartitionTask]) -> None:
         stats = self.stats

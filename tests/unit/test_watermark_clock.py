@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from evtime import App, Count, Tumbling, WindowResult
+from evtime.connectors.local import MemorySink, MemorySource
 from evtime.errors import ConfigError
+from evtime.runtime.local import LocalRunner
 from evtime.time import MIN_TIMESTAMP, ManualClock
 from evtime.watermarks import WatermarkStrategy, WatermarkTracker, is_late
 
@@ -135,3 +140,78 @@ def test_the_clock_never_moves_a_watermark_back_nor_past_now_minus_the_bound(
         assert tracker.current >= last
         assert tracker.current <= max(now, highest) - OOO - 1
         last = tracker.current
+
+
+# -- through the embedded engine: a live, unbounded source that goes quiet ----------------
+
+
+def _live_window_app(
+    tmp_path: Path, clock: ManualClock, advance: bool
+) -> tuple[App, MemorySource, MemorySink, MemorySink]:
+    app = App("live", state_dir=tmp_path, clock=clock, dead_letter=MemorySink())
+    src = MemorySource("clicks", partitions=2, bounded=False)
+    clicks = app.source("clicks", src, key="user", timestamp="ts",
+                        max_out_of_orderness="2s", idle_timeout="30s",
+                        advance_when_idle=advance)
+    out, late = MemorySink(), MemorySink()
+
+    @app.window(clicks, Tumbling("10s"), aggregate=Count(), sink=out, late=late)
+    def counts(result: WindowResult) -> dict[str, object]:
+        return {"user": result.key, "start": result.start, "n": result.value}
+
+    return app, src, out, late
+
+
+async def _steps(runner: LocalRunner, clock: ManualClock, seconds: int) -> None:
+    for _ in range(seconds):
+        clock.advance("1s")
+        await runner.step()
+
+
+@pytest.mark.parametrize("advance", [True, False])
+async def test_a_quiet_live_source_closes_its_windows_by_the_clock(
+    tmp_path: Path, advance: bool
+) -> None:
+    clock = ManualClock(NOW)
+    app, src, out, late = _live_window_app(tmp_path, clock, advance)
+    # A record on partition 0 only, its event time the wall clock's; then silence.
+    src.add({"user": "a", "ts": NOW}, partition=0)
+    runner = app.runner()
+    await runner.step()
+    await _steps(runner, clock, 20)
+    assert out.values == []  # idle_timeout (30 s) not reached yet
+    await _steps(runner, clock, 15)
+    if not advance:
+        assert out.values == []  # without the option the window waits for a record
+        await runner.close()
+        return
+    assert out.values == [{"user": "a", "start": NOW - NOW % 10_000, "n": 1}]
+    task = runner.tasks[0]
+    assert task.clock_driven() == frozenset({"clicks"})
+    # A record from 20 s ago, arriving now: its window is closed, it is late, counted.
+    src.add({"user": "b", "ts": clock.now_ms() - 20_000}, partition=1)
+    await runner.step()
+    assert [v["user"] for v in late.values] == ["b"]
+    assert runner.tasks[1].clock_driven() == frozenset()
+    await runner.close()
+
+
+async def test_hours_of_wall_clock_move_nothing_while_records_come(tmp_path: Path) -> None:
+    """A backlog read a batch a step, hours of wall clock between steps: the partitions are
+    never quiet, so the clock moves no watermark and no record is late (whether a quiet
+    partition is read to its end is the tracker's rule, tested above)."""
+    clock = ManualClock(NOW)
+    app, src, out, late = _live_window_app(tmp_path, clock, True)
+    app.plan.batch_size = 10
+    for i in range(100):
+        src.add({"user": "a", "ts": NOW - 3_600_000 + i * 1_000}, partition=0)
+        src.add({"user": "a", "ts": NOW - 3_600_000 + i * 1_000}, partition=1)
+    runner = app.runner()
+    for _ in range(9):  # 90 of 100 records per partition: behind all along
+        clock.advance("1h")
+        await runner.step()
+    assert late.values == []
+    closed = {v["start"] for v in out.values}
+    assert max(closed) < NOW - 3_600_000 + 90_000
+    assert all(t.clock_driven() == frozenset() for t in runner.tasks)
+    await runner.close()
