@@ -30,6 +30,8 @@ def _load(name: str, monkeypatch: pytest.MonkeyPatch, state: Path) -> App:
 def _run(app: App, capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
     capsys.readouterr()
     asyncio.run(app.runner().run())
+    for spec in app.plan.sources.values():
+        spec.connector.close()  # the runner leaves the JSON-lines files open
     return [orjson.loads(line)["value"] for line in capsys.readouterr().out.splitlines()]
 
 
