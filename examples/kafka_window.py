@@ -11,7 +11,8 @@ Kafka key must be the user: state is kept per partition). Output: the topic
 ``clicks-per-minute`` (``EVTIME_COUNTS_TOPIC``), one JSON record per user and
 minute, keyed by user, with the result's id in the ``evtime-id`` header; a
 record up to 1 minute late re-emits its minute as an ``update``. Bad records
-go to ``clicks-dlq``, with the reason in the headers.
+go to ``clicks-dlq``, with the reason in the headers. The app, and so its
+consumer group, is ``clicks-per-minute`` (``EVTIME_APP_NAME``).
 
 Under ``exactly_once`` the outputs, dead letters, state changes and input
 offsets of each checkpoint commit in one Kafka transaction: read the output
@@ -31,7 +32,7 @@ CLICKS = os.environ.get("EVTIME_CLICKS_TOPIC", "clicks")
 COUNTS = os.environ.get("EVTIME_COUNTS_TOPIC", "clicks-per-minute")
 
 app = App(
-    "clicks-per-minute",
+    os.environ.get("EVTIME_APP_NAME", "clicks-per-minute"),  # the consumer group's name
     state_dir="./state",
     processing="exactly_once",
     dead_letter=KafkaDeadLetterSink(f"{CLICKS}-dlq"),
