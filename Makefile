@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test check deps unit lint services-up services-down bench clean
+.PHONY: demo test check deps unit lint docs services-up services-down bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+
+# The API reference from the docstrings (pdoc), in build/api/index.html; a broken
+# reference fails it (and tests/unit/test_api_docs.py).
+docs: $(STAMP)
+	$(BIN)/python docs/api.py build/api
 
 services-up: $(STAMP)
 	$(BIN)/evtime services up
