@@ -6,7 +6,8 @@ snapshotted together with the input offsets.
 
 from __future__ import annotations
 
-from evtime.aggregates import Collect, Count, Custom, First, Last, Max, Mean, Min, Multi, Sum
+from evtime.aggregate_custom import Custom, Multi
+from evtime.aggregates import Collect, Count, First, Last, Max, Mean, Min, Sum
 from evtime.app import App, ProcessFunction, SourceRef
 from evtime.errors import ConfigError, EvtimeError, SerdeError, StateError, TimestampError
 from evtime.operators.join import JoinType

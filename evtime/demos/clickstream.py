@@ -25,7 +25,8 @@ from typing import Any
 
 import orjson
 
-from evtime.aggregates import Count, First, Last, Multi
+from evtime.aggregate_custom import Multi
+from evtime.aggregates import Count, First, Last
 from evtime.app import App
 from evtime.connectors.local import JsonLinesSink, JsonLinesSource, partition_for
 from evtime.demos.embedded import run_to_end

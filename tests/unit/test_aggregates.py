@@ -12,19 +12,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from evtime.aggregate_custom import Custom, Multi, as_aggregate
 from evtime.aggregates import (
     Aggregate,
     Collect,
     Count,
-    Custom,
     First,
     Last,
     Max,
     Mean,
     Min,
-    Multi,
     Sum,
-    as_aggregate,
 )
 from evtime.errors import ConfigError
 
