@@ -56,6 +56,7 @@ class KeySpace:
         self._partitions = partitions
         self.ingest_peak_mb = 0.0
         self.ingest_seconds = 0.0
+        self.ingest_stats: dict[str, float] = {}
         self._started = time.perf_counter()
         self._ended: set[int] = set()
 
@@ -83,7 +84,18 @@ class KeySpace:
             if len(self._ended) == 1:  # every key is live: the window has not fired yet
                 self.ingest_peak_mb = vm_hwm_mb()
                 self.ingest_seconds = time.perf_counter() - self._started
+                self.ingest_stats = memory_figures()
         return out
+
+
+def memory_figures() -> dict[str, float]:
+    """The memory budget's figures now, in MB (entries: a count)."""
+    from dataclasses import asdict
+
+    from evtime.state.memory import memory_stats
+
+    return {k: v if k.endswith("entries") else round(v / 2**20, 1)
+            for k, v in asdict(memory_stats()).items()}
 
 
 class CountingSink:
@@ -131,6 +143,7 @@ def child(n: int, partitions: int) -> dict[str, Any]:
             "ingest_events_per_s": round(n / source.ingest_seconds),
             "ingest_peak_mb": round(source.ingest_peak_mb, 1),
             "peak_mb": round(vm_hwm_mb(), 1),
+            "at_end_of_input": source.ingest_stats,
         }
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
