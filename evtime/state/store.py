@@ -100,8 +100,9 @@ class KeyValueStore(Generic[K]):
         # key -> whether RocksDB may hold a version of it (a delete must then be written)
         self._dirty: dict[K, bool] = {}
         # Sizes of the values read or written (their JSON), for the estimate of the cache's
-        # bytes: the last ones seen, a sample of the values held.
-        self._sizes: deque[int] = deque([0], maxlen=1024)
+        # bytes: the last ones seen, a sample of the values held, and their sum.
+        self._sizes: deque[int] = deque(maxlen=1024)
+        self._sizes_sum = 0
 
     # -- reads and writes -------------------------------------------------
     def get(self, key: K, default: Any = None) -> Any:
@@ -114,7 +115,7 @@ class KeyValueStore(Generic[K]):
             if raw is None:
                 self._cache[key] = _ABSENT
                 return default
-            self._sizes.append(len(raw))
+            self._note_size(len(raw))
             value = codec.loads(raw)
             self._cache[key] = value
         return value
@@ -170,7 +171,7 @@ class KeyValueStore(Generic[K]):
             else:
                 raw = codec.dumps(value)
                 batch.put(raw_key, raw, handle)
-                self._sizes.append(len(raw))
+                self._note_size(len(raw))
                 puts += 1
                 size += len(raw_key) + len(raw)
                 if changes is not None:
@@ -182,10 +183,16 @@ class KeyValueStore(Generic[K]):
         self._db.budget.after_commit(self)
 
     # -- the memory budget (see evtime.state.memory) -----------------------------------
+    def _note_size(self, size: int) -> None:
+        sizes = self._sizes
+        if len(sizes) == sizes.maxlen:
+            self._sizes_sum -= sizes[0]
+        sizes.append(size)
+        self._sizes_sum += size
+
     def entry_bytes(self) -> int:
         """Estimated bytes of one cached entry (from the sizes of recent values)."""
-        sizes = self._sizes
-        return ENTRY_BYTES + VALUE_BYTES_PER_BYTE * sum(sizes) // len(sizes)
+        return ENTRY_BYTES + VALUE_BYTES_PER_BYTE * self._sizes_sum // max(1, len(self._sizes))
 
     def cached_bytes(self) -> int:
         return len(self._cache) * self.entry_bytes()
