@@ -173,12 +173,9 @@ def budget() -> MemoryBudget:
 
 def configure(total: int) -> MemoryBudget:
     """Replace the process's budget by one of ``total`` bytes: databases opened from now on
-    share its cache (those open keep theirs); caches registered so far move to it."""
+    share it (those open keep theirs until they close)."""
     global _budget
-    old = _budget
     _budget = MemoryBudget(total)
-    if old is not None:
-        _budget._caches.update(old._caches)
     return _budget
 
 
