@@ -9,6 +9,7 @@ for the semantics every window shares).
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from evtime.aggregates import Count, Sum
@@ -300,7 +301,15 @@ class FixedWindowOperator(WindowOperatorBase):
         """Emit the window ``start`` of every key (the on-time firing), in key order."""
         self._fire_starts.discard(start)
         keep = self._lateness > 0
-        entries = self._store.load_all(start)
+        # A window kept for its lateness is cached whole; one dropped once fired is read
+        # as it is emitted, so that its keys need not all be in memory at once.
+        if keep:
+            entries = self._store.load_all(start)
+            items: Iterable[tuple[KeyObj, WindowEntry]] = (
+                (key, entries[key]) for key in _sorted_keys(entries)
+            )
+        else:
+            items = self._store.iter_all(start)
         result = self._agg.result
         shape = self._results.shape
         bucket = self._collector.bucket(self.spec.output)
@@ -308,8 +317,7 @@ class FixedWindowOperator(WindowOperatorBase):
         ts = end - 1
         suffix = f"@{start}-{end}"
         final, update = EmitKind.FINAL, EmitKind.UPDATE
-        for key in _sorted_keys(entries):
-            entry = entries[key]
+        for key, entry in items:
             kind = final if entry.emissions == 0 else update
             wr = WindowResult(key, start, end, result(entry.acc), kind)
             entry.emissions += 1

@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from evtime.names import group_name
 from evtime.runtime.status import WorkerStatus
 from evtime.settings import Settings
+from evtime.state.memory import memory_stats
 from evtime.time import MIN_TIMESTAMP
 
 log = logging.getLogger("evtime.metrics")
@@ -144,6 +145,23 @@ class WorkerCollector(Collector):
              "after their transaction could not commit", stats.redos),
         ):
             yield _family(kind, name, help_, app, [], [([], value)])
+        yield from _memory_families(app)
+
+
+def _memory_families(app: str) -> Iterator[Metric]:
+    """The process's memory budget and its use (evtime/state/memory.py)."""
+    m = memory_stats()
+    for name, help_, value in (
+        ("evtime_memory_budget_bytes", "The process's memory budget (memory_budget)", m.budget),
+        ("evtime_memory_block_cache_bytes", "RocksDB's shared block cache in use (memtable "
+         "reservations included)", m.block_cache_usage),
+        ("evtime_memory_memtable_bytes", "RocksDB's memtables, every task", m.memtable_usage),
+        ("evtime_memory_python_cache_bytes", "Estimated bytes of the state caches' entries",
+         m.python_cache_bytes),
+        ("evtime_memory_python_cache_entries", "Entries of the state caches",
+         m.python_cache_entries),
+    ):
+        yield _family(GaugeMetricFamily, name, help_, app, [], [([], value)])
 
 
 def _family(

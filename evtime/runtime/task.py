@@ -520,4 +520,4 @@ class PartitionTask:
 
     def has_backlog(self) -> bool:
         """Whether the state cache holds so many unsaved entries that a snapshot is due."""
-        return any(kv.dirty_count > 200_000 for kv in self.db._stores)
+        return self.db.backlog()

@@ -126,6 +126,27 @@ def _heap(value: Any) -> str:
     return text
 
 
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _size(value: Any) -> int:
+    """A number of bytes: a whole number, or one followed by KB, MB, GB or TB (powers of
+    1024; ``256MB``, ``1g``, ``512MiB``)."""
+    text = "" if isinstance(value, bool) else str(value).strip().upper()
+    match = re.fullmatch(r"(\d+)\s*(?:([KMGT])(?:I?B)?|B)?", text)
+    if match is None or int(match[1]) <= 0:
+        raise ValueError("is not a size; give e.g. 256MB or 1GB")
+    return int(match[1]) * _SIZE_UNITS[match[2] or ""]
+
+
+def _show_size(size: int) -> str:
+    for unit in ("TB", "GB", "MB", "KB"):
+        scale = _SIZE_UNITS[unit[0]]
+        if size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(size)
+
+
 def _show_url(url: str) -> str:
     """``url`` with the password of its user part masked."""
     parts = urlsplit(url)
@@ -148,6 +169,7 @@ GUARANTEE = Kind("at_least_once | exactly_once", _choice(Guarantee), lambda g: g
 LOG_LEVEL = Kind(" | ".join(LOG_LEVELS), _log_level)
 LOG_FORMAT = Kind("text | json", _choice(LogFormat), lambda f: f.value)
 HEAP = Kind("JVM heap size", _heap)
+SIZE = Kind("size (256MB, 1GB)", _size, _show_size)
 BOOL = Kind("true | false", _bool, lambda value: str(value).lower())
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")

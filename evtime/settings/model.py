@@ -28,6 +28,7 @@ from evtime.settings.kinds import (
     SECONDS,
     SECONDS_OR_INF,
     SECURITY_PROTOCOL,
+    SIZE,
     TEXT,
     URL,
     Kind,
@@ -174,6 +175,12 @@ class Settings:
     ))
     metrics_host: str = field(default="0.0.0.0", metadata=_meta(
         "worker", TEXT, "Address the metrics server binds.", flag=True
+    ))
+    memory_budget: int = field(default=256 * 2**20, metadata=_meta(
+        "worker", SIZE,
+        "Memory of this process's state: one RocksDB block cache and write-buffer manager "
+        "shared by every task's database, and the Python caches in front of them (clean "
+        "entries are evicted; dirty ones go to disk at the next checkpoint).",
     ))
     # -- logging
     log_level: str = field(default="INFO", metadata=_meta(

@@ -1,5 +1,10 @@
 """One RocksDB database per partition task, with a dirty cache in front of it.
 
+Every database of the process runs on the memory budget's shared block cache and
+write-buffer manager, and every cache registers with its accountant
+(:mod:`evtime.state.memory`): clean entries are evicted when the process's caches
+are over budget, dirty ones are written by the next snapshot.
+
 Operators read and write decoded Python values through :class:`KeyValueStore`;
 nothing touches RocksDB on the per-record path except a read of a key the
 cache has never seen. :meth:`TaskDB.commit` writes every store's dirty
@@ -11,15 +16,18 @@ holds exactly the last committed snapshot.
 from __future__ import annotations
 
 import shutil
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
-from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from evtime.errors import StateError
 from evtime.state import codec
+from evtime.state.memory import MemoryBudget, StateCache, budget
 
 K = TypeVar("K", bound=Hashable)
 
@@ -28,6 +36,13 @@ FORMAT_VERSION = 1
 
 _ABSENT: Any = object()
 """Cache marker: the key has no value (known absent, or deleted)."""
+
+ENTRY_BYTES = 160
+"""Estimated bytes of a cached entry besides its value (key, dict slot)."""
+VALUE_BYTES_PER_BYTE = 8
+"""Estimated bytes of a decoded value per byte of its JSON (small dicts and lists)."""
+DIRTY_ENTRIES = 200_000
+"""Dirty entries of one store that make a snapshot due, whatever the budget."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +80,8 @@ class KeyValueStore(Generic[K]):
     keeps the values of recently used keys; entries written since the last
     snapshot are *dirty* and are written by the next :meth:`TaskDB.commit`.
     A key created and deleted between two snapshots never reaches RocksDB.
+    The cache is bounded by the process's memory budget: after a snapshot the
+    oldest entries (all clean then) are evicted as the budget asks.
     """
 
     def __init__(
@@ -73,17 +90,19 @@ class KeyValueStore(Generic[K]):
         name: str,
         encode: Callable[[K], bytes],
         decode: Callable[[bytes], K],
-        cache_size: int,
     ) -> None:
         self.name = name
         self._db = db
         self._cf = db._column(name)
         self.encode = encode
         self.decode = decode
-        self.cache_size = cache_size
         self._cache: dict[K, Any] = {}
         # key -> whether RocksDB may hold a version of it (a delete must then be written)
         self._dirty: dict[K, bool] = {}
+        # Sizes of the values read or written (their JSON), for the estimate of the cache's
+        # bytes: the last ones seen, a sample of the values held, and their sum.
+        self._sizes: deque[int] = deque(maxlen=1024)
+        self._sizes_sum = 0
 
     # -- reads and writes -------------------------------------------------
     def get(self, key: K, default: Any = None) -> Any:
@@ -96,6 +115,7 @@ class KeyValueStore(Generic[K]):
             if raw is None:
                 self._cache[key] = _ABSENT
                 return default
+            self._note_size(len(raw))
             value = codec.loads(raw)
             self._cache[key] = value
         return value
@@ -151,6 +171,7 @@ class KeyValueStore(Generic[K]):
             else:
                 raw = codec.dumps(value)
                 batch.put(raw_key, raw, handle)
+                self._note_size(len(raw))
                 puts += 1
                 size += len(raw_key) + len(raw)
                 if changes is not None:
@@ -159,11 +180,35 @@ class KeyValueStore(Generic[K]):
 
     def _after_commit(self) -> None:
         self._dirty.clear()
-        excess = len(self._cache) - self.cache_size
-        if excess > 0:
-            # Evict the oldest entries first (dicts keep insertion order).
-            for key in list(self._cache)[:excess]:
-                del self._cache[key]
+        self._db.budget.after_commit(self)
+
+    # -- the memory budget (see evtime.state.memory) -----------------------------------
+    def _note_size(self, size: int) -> None:
+        sizes = self._sizes
+        if len(sizes) == sizes.maxlen:
+            self._sizes_sum -= sizes[0]
+        sizes.append(size)
+        self._sizes_sum += size
+
+    def entry_bytes(self) -> int:
+        """Estimated bytes of one cached entry (from the sizes of recent values)."""
+        return ENTRY_BYTES + VALUE_BYTES_PER_BYTE * self._sizes_sum // max(1, len(self._sizes))
+
+    def cached_bytes(self) -> int:
+        return len(self._cache) * self.entry_bytes()
+
+    def cached_entries(self) -> int:
+        return len(self._cache)
+
+    def evict_to(self, limit: int) -> None:
+        """Evict the oldest clean entries (dicts keep insertion order) down to ``limit``."""
+        cache = self._cache
+        excess = len(cache) - limit // self.entry_bytes()
+        if excess <= 0:
+            return
+        dirty = self._dirty
+        for key in [k for k in islice(cache, excess + len(dirty)) if k not in dirty][:excess]:
+            del cache[key]
 
     def _discard_cache(self) -> None:
         self._dirty.clear()
@@ -265,12 +310,15 @@ class TaskDB:
                 ) from exc
         names.discard("default")
         self._cf_names = sorted(names)
-        opts = _options()
+        self.budget: MemoryBudget = budget()
+        """The process's memory budget, whose block cache and write buffers this database
+        shares (and whose accountant bounds its caches)."""
+        opts = self.budget.options()
         try:
             self._rdict = Rdict(
                 str(self.path),
                 options=opts,
-                column_families={name: _options() for name in sorted(names)},
+                column_families={name: self.budget.options() for name in sorted(names)},
             )
         except Exception as exc:
             raise StateError(
@@ -280,6 +328,7 @@ class TaskDB:
         self._columns: dict[str, Rdict] = {}
         self._handles: dict[str, Any] = {}
         self._stores: list[KeyValueStore[Any]] = []
+        self._caches: list[StateCache] = []
         self._flushers: list[Callable[[WriteBatch], tuple[int, int, int]]] = []
         self._committers: list[Callable[[], None]] = []
         self._write_opts = WriteOptions()
@@ -299,7 +348,7 @@ class TaskDB:
             try:
                 column = self._rdict.get_column_family(name)
             except Exception:
-                column = self._rdict.create_column_family(name, _options())
+                column = self._rdict.create_column_family(name, self.budget.options())
             self._columns[name] = column
         return column
 
@@ -316,13 +365,13 @@ class TaskDB:
         name: str,
         encode: Callable[[Any], bytes] = codec.encode_key,
         decode: Callable[[bytes], Any] = codec.decode_key,
-        cache_size: int = 100_000,
     ) -> KeyValueStore[Any]:
         """Open the store ``name`` (a column family)."""
         if name == META_CF:
             raise StateError(f"{META_CF!r} is reserved; choose another store name")
-        kv: KeyValueStore[Any] = KeyValueStore(self, name, encode, decode, cache_size)
+        kv: KeyValueStore[Any] = KeyValueStore(self, name, encode, decode)
         self._stores.append(kv)
+        self.register_cache(kv)
         self._flushers.append(lambda batch: kv._drain(batch, self._changes))
         self._committers.append(kv._after_commit)
         return kv
@@ -333,6 +382,17 @@ class TaskDB:
         """Let another structure (a timer queue) join every snapshot's WriteBatch."""
         self._flushers.append(flush)
         self._committers.append(after)
+
+    def register_cache(self, cache: StateCache) -> None:
+        """Count ``cache`` in the process's memory budget while this database is open."""
+        self._caches.append(cache)
+        self.budget.register(cache)
+
+    def backlog(self) -> bool:
+        """Whether a snapshot is due for memory's sake: a store holds many dirty entries,
+        or the process's caches are over their budget (a snapshot makes them clean, and
+        evictable)."""
+        return self.budget.over() or any(kv.dirty_count > DIRTY_ENTRIES for kv in self._stores)
 
     # -- metadata -------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
@@ -428,6 +488,9 @@ class TaskDB:
         if self._closed:
             return
         self._closed = True
+        for cache in self._caches:
+            self.budget.unregister(cache)
+        self._caches.clear()
         for column in self._columns.values():
             column.close()
         self._columns.clear()
@@ -457,9 +520,3 @@ class TaskDB:
             keys += column.property_int_value("rocksdb.estimate-num-keys") or 0
         return size, keys
 
-
-def _options() -> Options:
-    opts = Options(raw_mode=True)
-    opts.create_if_missing(True)
-    opts.create_missing_column_families(True)
-    return opts

@@ -7,12 +7,18 @@ lets a fired window be dropped whole: one range deletion in the next
 snapshot instead of a tombstone per key.
 
 A cached entry is a :class:`WindowEntry`; RocksDB stores its first three
-fields as the JSON list ``[acc, emissions, since_early]``.
+fields as the JSON list ``[acc, emissions, since_early]``. The cache is bounded
+by the process's memory budget (:mod:`evtime.state.memory`): after a snapshot,
+when the budget asks, clean entries are evicted, the newest windows' first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from heapq import merge
+from itertools import islice
+from operator import itemgetter
 from typing import Any
 
 from rocksdict import ReadOptions, WriteBatch
@@ -22,6 +28,9 @@ from evtime.state import codec
 from evtime.state.codec import decode_int, decode_key, encode_int, encode_key
 from evtime.state.store import Change, TaskDB, raw_items, raw_keys
 from evtime.time import MAX_TIMESTAMP
+
+ENTRY_BYTES = 200
+"""Estimated bytes of a cached entry: its key, its :class:`WindowEntry`, its dict slot."""
 
 
 @dataclass(slots=True, eq=False)
@@ -51,9 +60,8 @@ class WindowEntry:
 class WindowStore:
     """Write-back cache of fixed-window accumulators over one column family."""
 
-    def __init__(self, db: TaskDB, name: str, cache_size: int = 200_000) -> None:
+    def __init__(self, db: TaskDB, name: str) -> None:
         self.name = name
-        self.cache_size = cache_size
         self._db = db
         self._cf = db._column(name)
         self.open: dict[int, dict[KeyObj, WindowEntry]] = {}
@@ -64,6 +72,7 @@ class WindowStore:
         self.persisted: set[int] = self._scan_starts()
         """Starts that may have entries in RocksDB (a superset)."""
         db.register_flusher(self._flush, self._after_commit)
+        db.register_cache(self)
 
     def _scan_starts(self) -> set[int]:
         # Skip-scan: one seek per distinct window start.
@@ -106,6 +115,26 @@ class WindowStore:
                 if key not in entries:
                     entries[key] = WindowEntry.decode(raw)
         return entries
+
+    def iter_all(self, start: int) -> Iterator[tuple[KeyObj, WindowEntry]]:
+        """Every entry of ``start`` in key order (encoded keys' order): the cache's, merged
+        with those only in RocksDB, which are read as the iteration goes and not cached
+        (for a window that is dropped once fired: its keys need not all be in memory)."""
+        cached = self.open.get(start, {})
+        mine = sorted(((encode_key(k), k, e) for k, e in cached.items()), key=itemgetter(0))
+        if start not in self.persisted:
+            return ((k, e) for _, k, e in mine)
+        prefix = encode_int(start)
+        ro = ReadOptions()
+        ro.set_iterate_upper_bound(_after(start))
+
+        def disk() -> Iterator[tuple[bytes, KeyObj, WindowEntry]]:
+            for raw_key, raw in raw_items(self._cf, prefix, ro):
+                key = decode_key(raw_key[8:])
+                if key not in cached:
+                    yield raw_key[8:], key, WindowEntry.decode(raw)
+
+        return ((k, e) for _, k, e in merge(mine, disk(), key=itemgetter(0)))
 
     def drop(self, start: int) -> None:
         """Forget every entry of ``start`` (removed from RocksDB by the next snapshot)."""
@@ -155,14 +184,32 @@ class WindowStore:
                 self.persisted.add(start)
         self.touched.clear()
         self._dropped.clear()
-        excess = self.cached_count - self.cache_size
-        if excess > 0:
-            # Everything is clean now: evict whole starts, newest first (the oldest
-            # fire next and are cheaper to keep than to read back).
-            for start in sorted(self.open, reverse=True):
+        self._db.budget.after_commit(self)
+
+    # -- the memory budget (see evtime.state.memory) -----------------------------------
+    def cached_bytes(self) -> int:
+        return self.cached_count * ENTRY_BYTES
+
+    def cached_entries(self) -> int:
+        return self.cached_count
+
+    def evict_to(self, limit: int) -> None:
+        """Evict clean entries down to ``limit``: of the newest starts first (the oldest
+        fire next and are cheaper to keep than to read back), the oldest entries of a
+        start first. Entries of a start are read back from RocksDB when needed."""
+        excess = self.cached_count - limit // ENTRY_BYTES
+        for start in sorted(self.open, reverse=True):
+            if excess <= 0:
+                return
+            if start in self.touched or start not in self.persisted:
+                continue  # may hold dirty entries
+            entries = self.open[start]
+            if len(entries) <= excess:
                 excess -= len(self.open.pop(start))
-                if excess <= 0:
-                    break
+                continue
+            for key in [k for k, e in islice(entries.items(), excess) if not e.dirty]:
+                del entries[key]
+            return
 
     @property
     def cached_count(self) -> int:
