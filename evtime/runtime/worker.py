@@ -234,7 +234,11 @@ class Worker:
             await self._deliver(list(self.tasks.values()))
             t3 = clock()
             checkpointer = self._checkpointer
-            if checkpointer is not None and checkpointer.due(now):
+            # Early when the state caches hold more unsaved entries than memory allows:
+            # a snapshot makes them clean, and evictable (evtime/state/memory.py).
+            if checkpointer is not None and (
+                checkpointer.due(now) or any(t.has_backlog() for t in self.tasks.values())
+            ):
                 await checkpointer.checkpoint(list(self.tasks.values()))
             t4 = clock()
         timings["process"] += t2 - t1
