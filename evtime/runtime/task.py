@@ -7,7 +7,7 @@ batch at a time, takes its outputs to the sinks, and asks it to snapshot.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Container, Hashable, Sequence
+from collections.abc import Callable, Container, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypedDict
@@ -521,3 +521,17 @@ class PartitionTask:
     def has_backlog(self) -> bool:
         """Whether the state cache holds so many unsaved entries that a snapshot is due."""
         return self.db.backlog()
+
+
+def read_to_end(
+    tasks: Iterable[PartitionTask], ends: Mapping[tuple[str, int], int]
+) -> set[tuple[str, int]]:
+    """The input partitions of ``tasks`` read to their end (``ends``: each partition's end
+    offset as of its last fetch): only these may let the wall clock move their watermark
+    (advance_when_idle)."""
+    return {
+        (topic, task.partition)
+        for task in tasks
+        for topic in task.group
+        if (end := ends.get((topic, task.partition))) is not None and task.offsets[topic] >= end
+    }

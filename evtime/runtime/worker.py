@@ -33,7 +33,7 @@ from evtime.runtime.markers import WatermarkMarkers
 from evtime.runtime.metrics import MetricsServer, configured_port
 from evtime.runtime.sinks import SinkRoutes, close_sinks, deliver
 from evtime.runtime.status import TaskStatus, WorkerState, WorkerStats, WorkerStatus
-from evtime.runtime.task import PartitionTask
+from evtime.runtime.task import PartitionTask, read_to_end
 from evtime.runtime.topics import check_co_partitioned, prepare_topics
 from evtime.runtime.transactions import TaskTransactions
 from evtime.settings import Settings
@@ -227,7 +227,11 @@ class Worker:
                 # second start before the end of the first, which _process then skips.
                 self._process(batches)
             now = self.clock.now_ms()
-            caught_up = self._caught_up() if self._follow_clock else ()
+            caught_up = (
+                read_to_end(self.tasks.values(), self._source.highwaters())
+                if self._follow_clock and self._source is not None
+                else ()
+            )
             for task in self.tasks.values():
                 task.tick(now, caught_up)
             t2 = clock()
@@ -335,19 +339,6 @@ class Worker:
                     continue
             counts[(topic, partition)] = counts.get((topic, partition), 0) + len(raws)
             task.process(topic, raws)
-
-    def _caught_up(self) -> set[TopicPartition]:
-        """The assigned input partitions read to their end as of the last fetch (lag 0):
-        only these may let the wall clock move their watermark."""
-        source = self._source
-        ends = source.highwaters() if source is not None else {}
-        return {
-            (topic, task.partition)
-            for task in self.tasks.values()
-            for topic in task.group
-            if (end := ends.get((topic, task.partition))) is not None
-            and task.offsets[topic] >= end
-        }
 
     async def _deliver(self, tasks: Sequence[PartitionTask]) -> None:
         stats = self.stats
