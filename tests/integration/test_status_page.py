@@ -6,6 +6,7 @@ produced; a screenshot of it is saved as docs/status-page.png (the README shows 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -46,11 +47,20 @@ def _chromium() -> str:
     pytest.skip("no chromium on PATH (make deps installs it)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def _free_port(count: int = 1) -> int:
+    """A free port, followed by ``count - 1`` more free ones."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        try:
+            with contextlib.ExitStack() as taken:
+                for i in range(count):
+                    taken.enter_context(socket.socket()).bind(("127.0.0.1", port + i))
+            return port
+        except OSError:
+            continue
+    raise AssertionError(f"no {count} free consecutive ports")
 
 
 def _status(port: int) -> dict[str, Any] | None:
@@ -60,6 +70,13 @@ def _status(port: int) -> dict[str, Any] | None:
             return body
     except (OSError, urllib.error.URLError):
         return None
+
+
+def _create(bootstrap: str, env: dict[str, str]) -> str:
+    topic = env["EVTIME_TEST_IN"]
+    asyncio.run(create_topics(bootstrap, {topic: PARTITIONS, env["EVTIME_TEST_OUT"]: 1,
+                                          env["EVTIME_TEST_DLQ"]: 1}))
+    return topic
 
 
 def _until(what: str, check: Any, timeout_s: float, log: Path) -> Any:
@@ -114,9 +131,7 @@ def test_status_page_in_headless_chromium_shows_partitions_and_a_moving_counter(
 ) -> None:
     chromium = _chromium()
     env = worker_env(unique_name, tmp_path)
-    topic = env["EVTIME_TEST_IN"]
-    asyncio.run(create_topics(kafka_bootstrap, {topic: PARTITIONS, env["EVTIME_TEST_OUT"]: 1,
-                                                env["EVTIME_TEST_DLQ"]: 1}))
+    topic = _create(kafka_bootstrap, env)
     bad: list[tuple[int, bytes | None, bytes]] = [
         (0, b"u-bad", b"{not json"),
         (1, b"u-bad", orjson.dumps({"user": "u-bad"})),  # no timestamp
@@ -150,6 +165,40 @@ def test_status_page_in_headless_chromium_shows_partitions_and_a_moving_counter(
         _browse(chromium, url, tmp_path / "profile", f"--screenshot={SCREENSHOT}",
                 "--window-size=1200,900", "--hide-scrollbars")
         assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        code = stop_worker(proc)
+    assert code == 0, log.read_text()[-3000:]
+
+
+def test_the_supervisor_of_two_workers_serves_one_page_for_both(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    chromium = _chromium()
+    env = worker_env(unique_name, tmp_path)
+    topic = _create(kafka_bootstrap, env)
+    asyncio.run(produce(kafka_bootstrap, topic, PARTITIONS, _records(1000, 0)))
+    port = _free_port(3)  # the supervisor's page, then worker-0's and worker-1's ports
+    log = tmp_path / "workers.log"
+    proc = start_worker("window_job.py", env, log,
+                        ["-p", "2", "--metrics-port", str(port), "--metrics-host", "127.0.0.1"])
+
+    def spread() -> Any:
+        s = _status(port)
+        workers = s["workers"] if s else []
+        assigned = [p for w in workers for p in w.get("assigned", [])]
+        both = len(workers) == 2 and all(w.get("assigned") for w in workers)
+        return both and sorted(assigned) == [f"{topic}[{p}]" for p in range(PARTITIONS)] and s
+
+    try:
+        status = _until("the partitions spread over both workers", spread, 120, log)
+        assert [w["port"] for w in status["workers"]] == [port + 1, port + 2]
+        text = _text(_browse(chromium, f"http://127.0.0.1:{port}/", tmp_path / "profile",
+                             "--dump-dom"))
+        for i in range(2):
+            assert f"worker-{i} (port {port + 1 + i})" in text, text[:3000]
+        for p in range(PARTITIONS):
+            assert f"{topic}[{p}]" in text, text[:3000]
+        assert "unreachable" not in text
     finally:
         code = stop_worker(proc)
     assert code == 0, log.read_text()[-3000:]
