@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 
 from evtime.names import group_name
 from evtime.runtime.status import WorkerStatus
-from evtime.runtime.status_page import Throughput, json_response, page, status_document
+from evtime.runtime.status_page import Throughput, json_response, page, serve, status_document
 from evtime.settings import Settings
 from evtime.time import MIN_TIMESTAMP
 
@@ -186,21 +186,7 @@ class MetricsServer:
         app.router.add_get("/healthz/live", self._live)
         app.router.add_get("/", page)
         app.router.add_get("/status.json", self._status_json)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise OSError(
-                exc.errno,
-                f"cannot serve metrics on {self.host}:{self.port} ({exc.strerror}); give "
-                "another --metrics-port (EVTIME_METRICS_PORT), or 0 for any free port",
-            ) from exc
-        self._runner = runner
-        if runner.addresses:  # the port bound (port 0: any free one)
-            self.port = int(runner.addresses[0][1])
+        self._runner, self.port = await serve(app, self.host, self.port, "metrics")
         self._sampler = asyncio.create_task(self.throughput.run())
         log.info(
             "metrics on http://%s:%d/metrics, health on /healthz, status page on /",

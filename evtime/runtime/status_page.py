@@ -136,6 +136,24 @@ def json_response(body: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
+async def serve(app: web.Application, host: str, port: int, what: str) -> tuple[
+    web.AppRunner, int
+]:
+    """Serve ``app`` on ``host:port``: its runner and the port bound (port 0: any free one)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(
+            exc.errno,
+            f"cannot serve {what} on {host}:{port} ({exc.strerror}); give another "
+            "--metrics-port (EVTIME_METRICS_PORT), or 0 for any free port",
+        ) from exc
+    return runner, int(runner.addresses[0][1]) if runner.addresses else port
+
+
 class SupervisorStatusServer:
     """The status page of ``evtime worker -p N``: ``/``, ``/status.json`` gathering every
     worker's, and ``/healthz`` (ready while every worker is) on the supervisor's port."""
@@ -156,20 +174,7 @@ class SupervisorStatusServer:
         app.router.add_get("/status.json", self._status)
         app.router.add_get("/healthz", self._ready)
         app.router.add_get("/healthz/live", self._live)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self.host, self.port).start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise OSError(
-                exc.errno,
-                f"cannot serve the status page on {self.host}:{self.port} ({exc.strerror}); "
-                "give another --metrics-port (EVTIME_METRICS_PORT)",
-            ) from exc
-        self._runner = runner
-        if runner.addresses:  # the port bound (port 0: any free one)
-            self.port = int(runner.addresses[0][1])
+        self._runner, self.port = await serve(app, self.host, self.port, "the status page")
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.5))
         log.info(
             "status page of the %d workers on http://%s:%d/ (their metrics on ports %s)",
