@@ -149,7 +149,7 @@ def test_status_page_in_headless_chromium_shows_partitions_and_a_moving_counter(
         for p in range(PARTITIONS):
             assert f"{topic}[{p}]" in first, first[:3000]
         assert f"Partitions: {' '.join(f'{topic}[{p}]' for p in range(PARTITIONS))}" in first
-        assert "flowing" in first and "decode" in first and "timestamp" in first
+        assert ("flowing" in first or "paused" in first) and "decode: 1, timestamp: 1" in first
         before = _records_in(first)
         assert before >= 3002
 
