@@ -9,6 +9,7 @@ import importlib.util
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -219,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="run N worker processes of the app here, supervised: each with its own state "
         "directory (<state_dir>/worker-<i>), instance id (<id>-<i>) and metrics port "
-        "(<port>+i); one that crashes is started again",
+        "(<port>+1+i; the status page of all on <port>); one that crashes is started again",
     )
     worker.set_defaults(func=_run)
 
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except EvtimeError as exc:
-        print(f"evtime: {exc}", file=sys.stderr)
+        _fail(exc)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -283,6 +284,9 @@ def _configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
     if settings.log_format is LogFormat.JSON:
         handler.setFormatter(_JsonFormatter(settings.log_prefix.strip()))
+        # Every line JSON: an uncaught exception is a log record with its traceback in a
+        # field, not a traceback printed on stderr.
+        sys.excepthook = _log_uncaught
     else:
         prefix = settings.log_prefix.replace("%", "%%")
         handler.setFormatter(
@@ -291,10 +295,28 @@ def _configure_logging(settings: Settings) -> None:
     # aiokafka logs every failed connection of every retry: one of a kind a minute.
     handler.addFilter(RepeatFilter())
     logging.basicConfig(level=settings.log_level, handlers=[handler])
+    logging.captureWarnings(True)  # Python's warnings as records of the `py.warnings` logger
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    logging.getLogger("evtime").critical("uncaught %s: %s", kind.__name__, exc,
+                                         exc_info=(kind, exc, tb))
+
+
+def _fail(exc: BaseException) -> None:
+    """An error that ends the command: a log record in JSON logs, else ``evtime: ...``."""
+    if any(isinstance(h.formatter, _JsonFormatter) for h in logging.getLogger().handlers):
+        log.error("%s", exc)
+    else:
+        print(f"evtime: {exc}", file=sys.stderr)
+
+
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 class _JsonFormatter(logging.Formatter):
-    """A log record as one JSON object: time, level, logger, message (and prefix, error)."""
+    """A log record as one JSON object: time, level, logger, message, the structured fields
+    given as ``extra=`` (task, partitions, offsets, watermark, ...), prefix, error."""
 
     def __init__(self, prefix: str) -> None:
         super().__init__()
@@ -302,16 +324,21 @@ class _JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": self.formatTime(record),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for name, value in vars(record).items():
+            if name not in _RECORD_FIELDS:
+                line.setdefault(name, value)
         if self.prefix:
             line["prefix"] = self.prefix
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
-        return orjson.dumps(line).decode()
+        elif record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,11 @@ supervisor gives worker ``i`` (from 0):
   RocksDB; a partition that moves between them is restored from its changelog);
 - the instance id ``<instance id>-<i>`` when one is given (static membership: a restarted
   worker takes its partitions back at once);
-- the metrics port ``<port> + i`` when one is given;
+- the metrics port ``<port> + 1 + i`` when one is given: the supervisor serves on
+  ``<port>`` itself the status page of all its workers (``/``, ``/status.json``) and
+  their readiness (``/healthz``: ready while every worker is); each worker's
+  ``/metrics`` is on its own port (with ``--metrics-port 0``, any free port each and
+  no page of all);
 - ``[worker-<i>]`` in front of its log lines;
 - the other options given to ``evtime worker -p N`` as flags, through its environment.
 
@@ -31,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evtime.errors import ConfigError
-from evtime.settings import child_environment
+from evtime.runtime.status_page import SupervisorStatusServer
+from evtime.settings import child_environment, option
 
 log = logging.getLogger("evtime.supervisor")
 
@@ -94,14 +99,26 @@ class Supervisor:
         if self.instance_id:
             argv += ["--instance-id", f"{self.instance_id}-{i}"]
         if self.metrics_port is not None:
-            port = self.metrics_port + i if self.metrics_port else 0
+            port = self.metrics_port + 1 + i if self.metrics_port else 0
             argv += ["--metrics-port", str(port)]
         if self.metrics_host:
             argv += ["--metrics-host", self.metrics_host]
         return argv, env
 
+    def status_server(self) -> SupervisorStatusServer | None:
+        """The status page of all the workers, on the base metrics port (None: no port
+        given, or port 0)."""
+        if not self.metrics_port:
+            return None
+        host = self.metrics_host or option("metrics_host").default
+        ports = [self.metrics_port + 1 + c.index for c in self.children]
+        return SupervisorStatusServer(host, self.metrics_port, ports)
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        server = self.status_server()
+        if server is not None:
+            await server.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         try:
@@ -115,6 +132,8 @@ class Supervisor:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+            if server is not None:
+                await server.stop()
         failed = [c.index for c in self.children if c.codes and c.codes[-1] != 0]
         if failed:
             log.error("workers %s exited with errors", failed)

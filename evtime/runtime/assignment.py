@@ -98,7 +98,10 @@ class Assignment:
             starts[(topic, partition)] = self.tasks[tid].offsets[topic]
         for group, batches in markers.items():
             await self._changelogs[group].append(batches)
-        log.info("assigned %s", sorted(partitions))
+        log.info("assigned %s", sorted(partitions), extra={
+            "partitions": [f"{t}[{p}]" for t, p in sorted(partitions)],
+            "offsets": {f"{t}[{p}]": o for (t, p), o in sorted(starts.items())},
+        })
         return starts
 
     def _new_task(self, tid: TaskId) -> PartitionTask:
@@ -131,7 +134,8 @@ class Assignment:
                 task.close()
             if self._txns is not None:
                 await self._txns.close(i)
-        log.info("revoked %s", sorted(partitions))
+        log.info("revoked %s", sorted(partitions),
+                 extra={"partitions": [f"{t}[{p}]" for t, p in sorted(partitions)]})
 
     async def redo(self, source: GroupSource, task: PartitionTask, exc: Exception) -> None:
         """Exactly-once, a transaction that cannot commit (evtime/runtime/checkpoint.py): it
@@ -146,6 +150,7 @@ class Assignment:
             task.partition,
             exc,
             dict(task.snapshot.offsets) if task.snapshot is not None else None,
+            extra={"task": f"{group_name(task.group)}[{task.partition}]"},
         )
         if self._txns is not None:
             await self._txns.renew(tid)

@@ -41,6 +41,7 @@ Nothing of the interval was visible to read_committed consumers.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
@@ -54,6 +55,8 @@ from evtime.runtime.snapshot import PreparedSnapshot
 from evtime.runtime.status import WorkerStats, sink_names
 from evtime.runtime.task import PartitionTask, TaskId
 from evtime.time import Clock
+
+log = logging.getLogger("evtime.checkpoint")
 
 
 class OffsetStore(Protocol):
@@ -140,7 +143,10 @@ class Checkpointer:
         else:
             await self._commit_transactions(prepared, self._transactions)
         self.last_ms = self.clock.now_ms()
-        self.stats.checkpointed(time.perf_counter() - began, changes)
+        took = time.perf_counter() - began
+        self.stats.checkpointed(took, changes)
+        log.debug("checkpoint of %d tasks, %d changes, in %.3f s", len(tasks), changes, took,
+                  extra={"checkpoint_seconds": round(took, 4), "changes": changes})
 
     async def _commit(
         self, prepared: list[tuple[PartitionTask, PreparedSnapshot, ChangelogBatch]]

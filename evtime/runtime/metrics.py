@@ -11,15 +11,18 @@ scrapes: this module reads that value, never the worker.
                        a JSON body says which, with the assigned partitions and the age
                        of the last checkpoint;
 ``GET /healthz/live``  liveness: 200 whenever the worker's event loop answers (a loop
-                       blocked by user code cannot).
+                       blocked by user code cannot);
+``GET /``              the live status page, drawn from ``GET /status.json``
+                       (evtime/runtime/status_page.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 
-import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -32,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from evtime.names import group_name
 from evtime.runtime.status import WorkerStatus
+from evtime.runtime.status_page import Throughput, json_response, page, serve, status_document
 from evtime.settings import Settings
 from evtime.state.memory import memory_stats
 from evtime.time import MIN_TIMESTAMP
@@ -180,7 +184,8 @@ def _family(
 
 
 class MetricsServer:
-    """``/metrics``, ``/healthz`` and ``/healthz/live`` on ``host:port``, in the worker's loop."""
+    """``/metrics``, ``/healthz``, ``/healthz/live`` and the status page (``/``,
+    ``/status.json``) on ``host:port``, in the worker's loop."""
 
     def __init__(self, status: Callable[[], WorkerStatus], host: str, port: int) -> None:
         self._status = status
@@ -189,30 +194,29 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(WorkerCollector(status))
         self._runner: web.AppRunner | None = None
+        self.throughput = Throughput(status)
+        self._sampler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._ready)
         app.router.add_get("/healthz/live", self._live)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise OSError(
-                exc.errno,
-                f"cannot serve metrics on {self.host}:{self.port} ({exc.strerror}); give "
-                "another --metrics-port (EVTIME_METRICS_PORT), or 0 for any free port",
-            ) from exc
-        self._runner = runner
-        if runner.addresses:  # the port bound (port 0: any free one)
-            self.port = int(runner.addresses[0][1])
-        log.info("metrics on http://%s:%d/metrics, health on /healthz", self.host, self.port)
+        app.router.add_get("/", page)
+        app.router.add_get("/status.json", self._status_json)
+        self._runner, self.port = await serve(app, self.host, self.port, "metrics")
+        self._sampler = asyncio.create_task(self.throughput.run())
+        log.info(
+            "metrics on http://%s:%d/metrics, health on /healthz, status page on /",
+            self.host, self.port,
+        )
 
     async def stop(self) -> None:
+        if self._sampler is not None:
+            sampler, self._sampler = self._sampler, None
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -223,11 +227,10 @@ class MetricsServer:
 
     async def _ready(self, request: web.Request) -> web.Response:
         health = self._status().health()
-        return _json(health, 200 if health["ready"] else 503)
+        return json_response(health, 200 if health["ready"] else 503)
 
     async def _live(self, request: web.Request) -> web.Response:
-        return _json({"live": True, "state": self._status().state.value}, 200)
+        return json_response({"live": True, "state": self._status().state.value})
 
-
-def _json(body: dict[str, object], status: int) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    async def _status_json(self, request: web.Request) -> web.Response:
+        return json_response(status_document(self._status(), list(self.throughput.samples)))

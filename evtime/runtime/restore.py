@@ -36,6 +36,7 @@ from evtime.names import group_name
 from evtime.runtime.changelog import plan_restore
 from evtime.runtime.snapshot import SnapshotMeta, restored_meta
 from evtime.runtime.task import PartitionTask
+from evtime.time import format_timestamp
 
 log = logging.getLogger("evtime.restore")
 
@@ -160,5 +161,7 @@ async def _replay(task: PartitionTask, side: GroupSide, start: int, case: Case) 
         took,
         len(records) / max(took, 1e-6),
         task.offsets,
+        extra={"task": f"{group_name(task.group)}[{partition}]", "offsets": dict(task.offsets),
+               "watermark": format_timestamp(task.watermark), "restore_seconds": round(took, 3)},
     )
     return Restored(task, case, plan.applied, plan.skipped)

@@ -7,12 +7,17 @@ delivery and checkpoint) and builds a :class:`WorkerStatus` when asked (a scrape
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from evtime.io import TopicPartition
 from evtime.plan import Plan
+from evtime.records import DeadLetter
+
+RECENT_DEAD_LETTERS = 20
+"""Dead letters a worker keeps to show on its status page (the latest ones)."""
 
 
 class WorkerState(StrEnum):
@@ -36,6 +41,10 @@ class WorkerStats:
     """Outputs handed to their sink, per output id (``<operator>/main``, ``<operator>/late``)."""
     dead_letters: dict[str, int] = field(default_factory=dict)
     """Records sent to the dead-letter output, per reason."""
+    recent_dead_letters: deque[DeadLetter] = field(
+        default_factory=lambda: deque(maxlen=RECENT_DEAD_LETTERS)
+    )
+    """The latest dead letters, oldest first (for the status page)."""
     late_records: int = 0
     checkpoint_count: int = 0
     checkpoint_seconds: float = 0.0
@@ -53,6 +62,12 @@ class WorkerStats:
     """Changelog records applied by state restores."""
     redos: int = 0
     """Exactly-once intervals processed again after their transaction could not commit."""
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        """Count a record sent to the dead letters and keep it among the latest."""
+        reason = letter.reason.value
+        self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
+        self.recent_dead_letters.append(letter)
 
     def flushed(self, sink: str, seconds: float) -> None:
         count, total = self.sink_flushes.get(sink, (0, 0.0))

@@ -353,8 +353,7 @@ class Worker:
                 for output_id, batch in outputs.items():
                     stats.records_out[output_id] = stats.records_out.get(output_id, 0) + len(batch)
                 for letter in dead:
-                    reason = letter.reason.value
-                    stats.dead_letters[reason] = stats.dead_letters.get(reason, 0) + 1
+                    stats.dead_letter(letter)
                 await self._write(producer, outputs, dead)
             await self._markers.send(task, producer)
 

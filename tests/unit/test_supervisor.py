@@ -68,7 +68,7 @@ def test_each_worker_gets_its_state_dir_instance_id_and_metrics_port(tmp_path: P
         argv, env = s.command(child)
         assert argv[argv.index("--state-dir") + 1] == str(tmp_path / f"worker-{i}")
         assert argv[argv.index("--instance-id") + 1] == f"box-{i}"
-        assert argv[argv.index("--metrics-port") + 1] == str(9500 + i)
+        assert argv[argv.index("--metrics-port") + 1] == str(9500 + 1 + i)
         assert env["EVTIME_LOG_PREFIX"] == f"[worker-{i}] "
         assert "EVTIME_METRICS_PORT" not in env and "EVTIME_INSTANCE_ID" not in env
     argv, _ = Supervisor("job.py:app", 2, tmp_path).command(s.children[0])
