@@ -91,6 +91,12 @@ PARTIAL = 1
 MATCHED = 2
 """Matched at least once."""
 
+# What a record is to the join (:meth:`JoinOperator._sides`): bits of the sides it
+# enters, or a predicate raised on it.
+_IN_LEFT = 1
+_IN_RIGHT = 2
+_RAISED = 4
+
 
 
 class JoinRow:
@@ -230,6 +236,12 @@ class JoinOperator(EventTimeOperator):
             spec.how in (JoinType.RIGHT, JoinType.OUTER),
         )
         self._topics = (spec.left.topic, spec.right.topic)
+        self._after_ms = spec.emit_unmatched_after or 0
+        # Per side: whether its open rows get a partial row at ts + emit_unmatched_after.
+        self._partial = (
+            self._after is not None and self._outer[LEFT],
+            self._after is not None and self._outer[RIGHT],
+        )
         self._store: KeyValueStore[Any] = db.store(f"{spec.name}.rows")
         self._events = EventTimers(db, f"{spec.name}.timers")
         self._partition = partition
@@ -240,41 +252,78 @@ class JoinOperator(EventTimeOperator):
 
     # -- driving ------------------------------------------------------------
     def process(self, batch: Batch) -> None:
-        topic = batch.topic
-        left_pred = right_pred = None
-        is_left = topic == self.spec.left.topic
-        is_right = topic == self.spec.right.topic
-        if is_left:
-            left_pred = self.spec.left.predicate
-        if is_right:
-            right_pred = self.spec.right.predicate
         keys, values, tss, wms = batch.keys, batch.values, batch.timestamps, batch.watermarks
         raw = batch.raw
+        sides, errors = self._sides(batch)
         events = self._events
-        if batch.watermark_before > events.watermark:
-            events.watermark = batch.watermark_before
+        wm = events.watermark
+        if batch.watermark_before > wm:
+            wm = events.watermark = batch.watermark_before
         insert = self._insert
+        fire = self._fire
         for i in range(len(tss)):
-            value = values[i]
-            try:
-                in_left = is_left and (left_pred is None or bool(left_pred(value)))
-                in_right = is_right and (right_pred is None or bool(right_pred(value)))
-            except Exception as exc:
-                self._bad_predicate(batch, i, exc)
-                in_left = in_right = False
-            if in_left or in_right:
+            where = sides[i]
+            if where:
                 ts = tss[i]
-                if ts <= events.watermark:
+                if where == _RAISED:
+                    self._bad_predicate(batch, i, errors[i])
+                elif ts <= wm:
                     self._late_record(batch, i)
                 else:
-                    offset = raw[i].offset
-                    if in_left:
-                        insert(LEFT, keys[i], ts, offset, value)
-                    if in_right:
-                        insert(RIGHT, keys[i], ts, offset, value)
+                    if where & _IN_LEFT:
+                        insert(LEFT, keys[i], ts, raw[i].offset, values[i])
+                    if where & _IN_RIGHT:
+                        insert(RIGHT, keys[i], ts, raw[i].offset, values[i])
+            w = wms[i]
+            if w > wm:
+                wm = events.watermark = w
             # Also when the watermark did not move: a row may be due at once (upper < 0).
-            if events.advance(wms[i]):
-                events.fire(self._on_timer)
+            if wm >= events.next_due:
+                fire()
+
+    def _sides(self, batch: Batch) -> tuple[list[int], dict[int, Exception]]:
+        """Which sides each record of ``batch`` enters (:data:`_IN_LEFT` | :data:`_IN_RIGHT`,
+        or :data:`_RAISED`), with the exceptions of the predicates that raised, by index.
+
+        Each predicate runs over the whole batch in one ``map``; only when one raises is the
+        batch evaluated again record by record, to find which."""
+        spec = self.spec
+        values = batch.values
+        codes: list[int] = []
+        for inp, flag in ((spec.left, _IN_LEFT), (spec.right, _IN_RIGHT)):
+            if batch.topic != inp.topic:
+                continue
+            pred = inp.predicate
+            if pred is None:
+                hits = [flag] * len(values)
+            else:
+                try:
+                    hits = [flag if hit else 0 for hit in map(pred, values)]
+                except Exception:
+                    return self._sides_one_by_one(batch)
+            codes = hits if not codes else [x | y for x, y in zip(codes, hits, strict=True)]
+        return (codes or [0] * len(values)), {}
+
+    def _sides_one_by_one(self, batch: Batch) -> tuple[list[int], dict[int, Exception]]:
+        spec = self.spec
+        inputs = [
+            (inp.predicate, flag)
+            for inp, flag in ((spec.left, _IN_LEFT), (spec.right, _IN_RIGHT))
+            if batch.topic == inp.topic
+        ]
+        codes: list[int] = []
+        errors: dict[int, Exception] = {}
+        for i, value in enumerate(batch.values):
+            code = 0
+            try:
+                for pred, flag in inputs:
+                    if pred is None or pred(value):
+                        code |= flag
+            except Exception as exc:
+                errors[i] = exc
+                code = _RAISED
+            codes.append(code)
+        return codes, errors
 
     # -- rows -----------------------------------------------------------------
     def _insert(self, side: int, key: KeyObj, ts: int, offset: int, value: Any) -> None:
@@ -285,7 +334,7 @@ class JoinOperator(EventTimeOperator):
             entry = KeyRows([], [], None)
         elif type(entry) is not KeyRows:
             entry = KeyRows.decode(entry)  # just read from RocksDB
-        matched = False
+        status = OPEN
         others = entry.sides[1 - side]
         if others:
             lower, upper = self._lower, self._upper
@@ -293,11 +342,17 @@ class JoinOperator(EventTimeOperator):
                 # b.ts - a.ts, whichever side the new row is on.
                 gap = other.ts - ts if side == LEFT else ts - other.ts
                 if lower <= gap <= upper:
-                    matched = True
+                    status = MATCHED
                     self._emit_pair(side, key, ts, offset, value, other)
-        row = JoinRow(ts, offset, value, MATCHED if matched else OPEN)
-        entry.sides[side].append(row)
-        due = self._due(side, row)
+        entry.sides[side].append(JoinRow(ts, offset, value, status))
+        # When the row needs attention next: its partial emission, else its expiry.
+        due = ts + self._upper if side == LEFT else ts - self._lower
+        if due > MAX_TIMESTAMP:
+            due = MAX_TIMESTAMP
+        if status == OPEN and self._partial[side]:
+            partial = ts + self._after_ms
+            if partial < due:
+                due = partial
         timer_at = entry.timer_at
         if timer_at is None or due < timer_at:
             entry.timer_at = due
@@ -309,52 +364,69 @@ class JoinOperator(EventTimeOperator):
         point = ts + self._upper if side == LEFT else ts - self._lower
         return point if point < MAX_TIMESTAMP else MAX_TIMESTAMP
 
-    def _due(self, side: int, row: JoinRow) -> int:
-        """When the row needs attention next: its partial emission, else its expiry."""
-        point = self._point(side, row.ts)
-        if self._after is not None and row.status == OPEN and self._outer[side]:
-            partial = row.ts + self._after
-            if partial < point:
-                return partial
-        return point
+    # -- timers -----------------------------------------------------------------
+    def on_watermark(self, watermark: int) -> None:
+        if self._events.advance(watermark):
+            self._fire()
+
+    def _fire(self) -> None:
+        """Handle every key whose timer is due at the watermark, in (time, key) order."""
+        events = self._events
+        watermark = events.watermark
+        store = self._store
+        expire = self._expire
+        for ts, payload in events.queue.pop_due(watermark):
+            key = decode_key(payload)
+            entry = store.get(key)
+            if entry is None:
+                continue
+            if type(entry) is not KeyRows:
+                entry = KeyRows.decode(entry)  # just read from RocksDB
+            # Else superseded by an earlier timer of the key, which re-armed it.
+            if entry.timer_at == ts:
+                expire(key, payload, entry, watermark)
+        events.refresh()
 
     def _on_timer(self, ts: int, payload: bytes) -> None:
         key = decode_key(payload)
         entry = KeyRows.load(self._store.get(key))
-        if entry is None or entry.timer_at != ts:
-            return  # superseded by an earlier timer of the key, which re-armed it
-        self._expire(key, entry, self._events.watermark)
+        if entry is not None and entry.timer_at == ts:
+            self._expire(key, payload, entry, self._events.watermark)
 
-    def _expire(self, key: KeyObj, entry: KeyRows, watermark: int) -> None:
+    def _expire(self, key: KeyObj, payload: bytes, entry: KeyRows, watermark: int) -> None:
         """Emit the due unmatched rows of ``key``, drop its expired rows, re-arm its timer."""
         nxt = NO_TIMER
+        after = self._after_ms
         for side in (LEFT, RIGHT):
             rows = entry.sides[side]
             if not rows:
                 continue
             outer = self._outer[side]
+            partial = self._partial[side]
+            # A row's point is ts + shift: ts + upper (left) or ts - lower (right).
+            shift = self._upper if side == LEFT else -self._lower
             keep: list[JoinRow] = []
             for row in rows:
-                if self._point(side, row.ts) <= watermark:
+                point = row.ts + shift
+                if point > MAX_TIMESTAMP:
+                    point = MAX_TIMESTAMP
+                if point <= watermark:
                     if outer and row.status == OPEN:
                         self._emit_unmatched(side, key, row, EmitKind.FINAL)
                     continue
-                if (
-                    outer
-                    and row.status == OPEN
-                    and self._after is not None
-                    and row.ts + self._after <= watermark
-                ):
-                    self._emit_unmatched(side, key, row, EmitKind.EARLY)
-                    row.status = PARTIAL
-                due = self._due(side, row)
-                if due < nxt:
-                    nxt = due
+                if partial and row.status == OPEN:
+                    if row.ts + after <= watermark:
+                        self._emit_unmatched(side, key, row, EmitKind.EARLY)
+                        row.status = PARTIAL
+                    elif row.ts + after < point:
+                        point = row.ts + after
+                if point < nxt:
+                    nxt = point
                 keep.append(row)
             entry.sides[side] = keep
         if entry.sides[LEFT] or entry.sides[RIGHT]:
             entry.timer_at = nxt
-            self._events.register(nxt, encode_key(key))
+            self._events.register(nxt, payload)
             self._store.put(key, entry)
         else:
             self._store.delete(key)

@@ -38,8 +38,11 @@ class TimerQueue:
         self.name = name
         self._db = db
         self._cf = db._column(name)
+        # Timers registered since the last snapshot, as (time, payload): a heap for the
+        # order and a set for membership (a fired or deleted one leaves its heap entry,
+        # skipped lazily). Encoded to RocksDB keys only by the snapshot.
         self._heap: list[tuple[int, bytes]] = []
-        self._pending: set[bytes] = set()  # registered since the last snapshot
+        self._pending: set[tuple[int, bytes]] = set()
         self._deleted: set[bytes] = set()  # persisted timers fired or deleted since then
         # Registered again after being fired or deleted: pending, but maybe also on disk
         # behind the scan position, so firing it must delete the disk copy.
@@ -57,21 +60,25 @@ class TimerQueue:
 
     def register(self, ts: int, payload: bytes) -> None:
         """Add the timer (idempotent)."""
-        full = encode_int(ts) + payload
-        if full in self._deleted:
-            # Un-deleting is not enough: a scan may already have passed its disk copy (or
-            # there is none), so the timer must live in memory too.
-            self._deleted.discard(full)
-            self._revived.add(full)
-        if full not in self._pending:
-            self._pending.add(full)
-            heapq.heappush(self._heap, (ts, payload))
+        timer = (ts, payload)
+        if timer in self._pending:
+            return
+        if self._deleted:
+            full = encode_int(ts) + payload
+            if full in self._deleted:
+                # Un-deleting is not enough: a scan may already have passed its disk copy
+                # (or there is none), so the timer must live in memory too.
+                self._deleted.discard(full)
+                self._revived.add(full)
+        self._pending.add(timer)
+        heapq.heappush(self._heap, timer)
 
     def delete(self, ts: int, payload: bytes) -> None:
         """Remove the timer if it exists."""
         full = encode_int(ts) + payload
-        if full in self._pending:
-            self._pending.discard(full)  # its heap entry is skipped lazily
+        timer = (ts, payload)
+        if timer in self._pending:
+            self._pending.discard(timer)  # its heap entry is skipped lazily
             # Registered again after a snapshot had written it: the disk copy must go too.
             if full not in self._revived and self._cf.get(full) is None:
                 return
@@ -81,46 +88,53 @@ class TimerQueue:
     def next_time(self) -> int | None:
         """The earliest registered time, or None when the queue is empty."""
         heap = self._heap
-        while heap and (encode_int(heap[0][0]) + heap[0][1]) not in self._pending:
+        pending = self._pending
+        while heap and heap[0] not in pending:
             heapq.heappop(heap)
-        mem = heap[0][0] if heap else None
         disk = self._persisted_head()
-        if mem is None:
+        if not heap:
             return disk
-        if disk is None:
+        mem = heap[0][0]
+        if disk is None or mem < disk:
             return mem
-        return min(mem, disk)
+        return disk
 
     def pop_due(self, until: int) -> list[tuple[int, bytes]]:
         """Remove and return every timer with time <= ``until``, ordered by (time, payload)."""
         due: list[tuple[int, bytes]] = []
         heap = self._heap
         pending = self._pending
+        revived = self._revived
+        pop = heapq.heappop
         while heap and heap[0][0] <= until:
-            ts, payload = heapq.heappop(heap)
-            full = encode_int(ts) + payload
-            if full in pending:
-                pending.discard(full)
-                if full in self._revived:
-                    self._revived.discard(full)
-                    self._deleted.add(full)
-                due.append((ts, payload))
-        head = self._persisted_head()
-        if head is not None and head <= until:
-            deleted = self._deleted
-            for full in self._take_ahead(_start_after(until)):
-                if full not in deleted:
-                    deleted.add(full)
-                    due.append((decode_int(full), bytes(full[8:])))
+            timer = pop(heap)
+            if timer in pending:
+                pending.discard(timer)
+                if revived:
+                    full = encode_int(timer[0]) + timer[1]
+                    if full in revived:
+                        revived.discard(full)
+                        self._deleted.add(full)
+                due.append(timer)
         if self._scanned_to is None or until > self._scanned_to:
+            head = self._persisted_head()
+            if head is not None and head <= until:
+                deleted = self._deleted
+                for full in self._take_ahead(_start_after(until)):
+                    if full not in deleted:
+                        deleted.add(full)
+                        due.append((decode_int(full), bytes(full[8:])))
+                # A timer re-registered after a snapshot is both in memory and on disk:
+                # fire it once. (The heap alone yields distinct timers in order.)
+                due = sorted(set(due))
             self._scanned_to = until
-        # A timer re-registered after a snapshot is both in memory and on disk: fire it once.
-        return sorted(set(due))
+        return due
 
     def __len__(self) -> int:
         """Number of live timers (walks the persisted ones: not for the hot path)."""
+        pending = {encode_int(ts) + payload for ts, payload in self._pending}
         persisted = sum(
-            1 for key in self._cf.keys() if key not in self._deleted and key not in self._pending
+            1 for key in self._cf.keys() if key not in self._deleted and key not in pending
         )
         return persisted + len(self._pending)
 
@@ -170,20 +184,21 @@ class TimerQueue:
     def _flush(self, batch: WriteBatch) -> tuple[int, int, int]:
         handle = self._db._handle(self.name)
         changes = self._db._changes
-        for full in self._pending:
+        pending = [encode_int(ts) + payload for ts, payload in self._pending]
+        for full in pending:
             batch.put(full, b"", handle)
         for full in self._deleted:
             batch.delete(full, handle)
         if changes is not None:
-            changes.extend(Change(self.name, full, b"") for full in self._pending)
+            changes.extend(Change(self.name, full, b"") for full in pending)
             changes.extend(Change(self.name, full, None) for full in self._deleted)
-        size = sum(len(k) for k in self._pending) + sum(len(k) for k in self._deleted)
+        size = sum(len(k) for k in pending) + sum(len(k) for k in self._deleted)
         if self._pending and self._scanned_to is not None:
             # A timer registered behind the scan position must still be found.
-            earliest = min(decode_int(full) for full in self._pending)
+            earliest = min(ts for ts, _payload in self._pending)
             if earliest <= self._scanned_to:
                 self._scanned_to = earliest - 1
-        return len(self._pending), len(self._deleted), size
+        return len(pending), len(self._deleted), size
 
     def _after_commit(self) -> None:
         self._pending.clear()
