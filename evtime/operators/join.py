@@ -74,6 +74,7 @@ from evtime.records import (
     JoinKind,
     JoinResult,
     KeyObj,
+    Output,
 )
 from evtime.state import KeyValueStore, TaskDB
 from evtime.state.codec import StateEntry, decode_key, encode_key
@@ -246,6 +247,7 @@ class JoinOperator(EventTimeOperator):
         self._events = EventTimers(db, f"{spec.name}.timers")
         self._partition = partition
         self.late_count = 0
+        self._output = spec.output
         self._results = ResultEmitter(
             collector, spec.name, spec.output, spec.result_fn, spec.left.topic, partition
         )
@@ -261,6 +263,11 @@ class JoinOperator(EventTimeOperator):
             wm = events.watermark = batch.watermark_before
         insert = self._insert
         fire = self._fire
+        # An inner join's timers only drop rows that can no longer match (a row accepted
+        # later has ts > watermark >= their point, out of their bounds): they fire once, at
+        # the batch's last watermark. Timers of outer rows emit, in order with the pairs:
+        # they fire as the watermark passes them, record by record.
+        each = self._outer != (False, False)
         for i in range(len(tss)):
             where = sides[i]
             if where:
@@ -278,8 +285,10 @@ class JoinOperator(EventTimeOperator):
             if w > wm:
                 wm = events.watermark = w
             # Also when the watermark did not move: a row may be due at once (upper < 0).
-            if wm >= events.next_due:
+            if each and wm >= events.next_due:
                 fire()
+        if wm >= events.next_due:
+            fire()
 
     def _sides(self, batch: Batch) -> tuple[list[int], dict[int, Exception]]:
         """Which sides each record of ``batch`` enters (:data:`_IN_LEFT` | :data:`_IN_RIGHT`,
@@ -356,7 +365,10 @@ class JoinOperator(EventTimeOperator):
         timer_at = entry.timer_at
         if timer_at is None or due < timer_at:
             entry.timer_at = due
-            self._events.register(due, encode_key(key))
+            events = self._events
+            events.queue.register(due, encode_key(key))
+            if due < events.next_due:
+                events.next_due = due
         store.put(key, entry)
 
     def _point(self, side: int, ts: int) -> int:
@@ -439,10 +451,10 @@ class JoinOperator(EventTimeOperator):
         self, side: int, key: KeyObj, ts: int, offset: int, value: Any, other: JoinRow
     ) -> None:
         """A new row (``side``) matched a stored row ``other`` of the other side."""
-        other_side = 1 - side
         status = other.status
         if status != MATCHED:
             # The stored row's first match takes its id (that of its partial row, if any).
+            other_side = 1 - side
             ident = self._ident(other_side, other.offset)
             rid = f"{_key_text(key)}|{_SIDE_TAG[other_side]}|{ident}"
             emit = EmitKind.UPDATE if status == PARTIAL else EmitKind.FINAL
@@ -454,15 +466,12 @@ class JoinOperator(EventTimeOperator):
             else:
                 lo, ro = other.offset, offset
             rid = f"{_key_text(key)}|{self._ident(LEFT, lo)}|{self._ident(RIGHT, ro)}"
+        other_ts = other.ts
         if side == LEFT:
-            result = JoinResult(
-                key, value, other.value, JoinKind.JOINED, emit, ts, other.ts, rid
-            )
+            result = JoinResult(key, value, other.value, JoinKind.JOINED, emit, ts, other_ts, rid)
         else:
-            result = JoinResult(
-                key, other.value, value, JoinKind.JOINED, emit, other.ts, ts, rid
-            )
-        self._emit(result)
+            result = JoinResult(key, other.value, value, JoinKind.JOINED, emit, other_ts, ts, rid)
+        self._emit(result, ts if ts >= other_ts else other_ts)
 
     def _emit_unmatched(self, side: int, key: KeyObj, row: JoinRow, emit: EmitKind) -> None:
         rid = f"{_key_text(key)}|{_SIDE_TAG[side]}|{self._ident(side, row.offset)}"
@@ -474,10 +483,13 @@ class JoinOperator(EventTimeOperator):
             result = JoinResult(
                 key, None, row.value, JoinKind.UNMATCHED, emit, None, row.ts, rid
             )
-        self._emit(result)
+        self._emit(result, row.ts)
 
-    def _emit(self, result: JoinResult) -> None:
-        self._results.emit(result, result.timestamp)
+    def _emit(self, result: JoinResult, timestamp: int) -> None:
+        """Emit ``result`` at ``timestamp`` (its :attr:`~JoinResult.timestamp`)."""
+        value = self._results.shape(result, timestamp)
+        if value is not None:
+            self._collector.emit(self._output, Output(result.key, value, timestamp, result.id))
 
     # -- bad and late input -------------------------------------------------------
 
