@@ -55,6 +55,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import starmap
 from operator import attrgetter
 from typing import Any
 
@@ -144,7 +145,7 @@ class KeyRows(StateEntry):
     def decode(cls, stored: list[Any]) -> KeyRows:
         """The entry from its stored form."""
         left, right, timer_at = stored
-        return cls([JoinRow(*r) for r in left], [JoinRow(*r) for r in right], timer_at)
+        return cls(list(starmap(JoinRow, left)), list(starmap(JoinRow, right)), timer_at)
 
 
 class JoinType(enum.Enum):
@@ -248,6 +249,16 @@ class JoinOperator(EventTimeOperator):
         self._partition = partition
         self.late_count = 0
         self._output = spec.output
+        # Result ids (see the module's docstring), by side: what follows the key text and
+        # precedes a row's offset in its own id, and in a pair id.
+        topics = self._topics
+        self._row_ids = tuple(
+            f"|{_SIDE_TAG[side]}|{row_identity(topics[side], partition, 0)[:-1]}"
+            for side in (LEFT, RIGHT)
+        )
+        self._pair_ids = tuple(
+            f"|{row_identity(topics[side], partition, 0)[:-1]}" for side in (LEFT, RIGHT)
+        )
         self._results = ResultEmitter(
             collector, spec.name, spec.output, spec.result_fn, spec.left.topic, partition
         )
@@ -444,9 +455,6 @@ class JoinOperator(EventTimeOperator):
             self._store.delete(key)
 
     # -- emission -----------------------------------------------------------
-    def _ident(self, side: int, offset: int) -> str:
-        return row_identity(self._topics[side], self._partition, offset)
-
     def _emit_pair(
         self, side: int, key: KeyObj, ts: int, offset: int, value: Any, other: JoinRow
     ) -> None:
@@ -454,9 +462,8 @@ class JoinOperator(EventTimeOperator):
         status = other.status
         if status != MATCHED:
             # The stored row's first match takes its id (that of its partial row, if any).
-            other_side = 1 - side
-            ident = self._ident(other_side, other.offset)
-            rid = f"{_key_text(key)}|{_SIDE_TAG[other_side]}|{ident}"
+            kt = key if type(key) is str else _key_text(key)
+            rid = f"{kt}{self._row_ids[1 - side]}{other.offset}"
             emit = EmitKind.UPDATE if status == PARTIAL else EmitKind.FINAL
             other.status = MATCHED
         else:
@@ -465,7 +472,9 @@ class JoinOperator(EventTimeOperator):
                 lo, ro = offset, other.offset
             else:
                 lo, ro = other.offset, offset
-            rid = f"{_key_text(key)}|{self._ident(LEFT, lo)}|{self._ident(RIGHT, ro)}"
+            kt = key if type(key) is str else _key_text(key)
+            left_id, right_id = self._pair_ids
+            rid = f"{kt}{left_id}{lo}{right_id}{ro}"
         other_ts = other.ts
         if side == LEFT:
             result = JoinResult(key, value, other.value, JoinKind.JOINED, emit, ts, other_ts, rid)
@@ -474,7 +483,7 @@ class JoinOperator(EventTimeOperator):
         self._emit(result, ts if ts >= other_ts else other_ts)
 
     def _emit_unmatched(self, side: int, key: KeyObj, row: JoinRow, emit: EmitKind) -> None:
-        rid = f"{_key_text(key)}|{_SIDE_TAG[side]}|{self._ident(side, row.offset)}"
+        rid = f"{_key_text(key)}{self._row_ids[side]}{row.offset}"
         if side == LEFT:
             result = JoinResult(
                 key, row.value, None, JoinKind.UNMATCHED, emit, row.ts, None, rid

@@ -197,8 +197,8 @@ class TimerQueue:
     def _flush(self, batch: WriteBatch) -> tuple[int, int, int]:
         handle = self._db._handle(self.name)
         changes = self._db._changes
-        pending = list(map(_stored, self._pending))
-        deleted = list(map(_stored, self._deleted))
+        pending = [encode_int(ts) + payload for ts, payload in self._pending]
+        deleted = [encode_int(ts) + payload for ts, payload in self._deleted]
         for full in pending:
             batch.put(full, b"", handle)
         for full in deleted:
