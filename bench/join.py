@@ -14,9 +14,13 @@ Both run in this process, one after the other, on the same encoded records:
 (b) evtime on the embedded MemorySource, RocksDB state, snapshots every second
     and a memory sink.
 
-Prints events/s of both and the ratio. Usage:
+Prints events/s of both and the ratio. With ``--kafka`` the records go to a
+fresh topic of the local broker instead, the ceiling is a raw aiokafka consumer
+that ``orjson.loads`` every value (bench/kafka_window.py's), and evtime runs as a
+worker into a memory sink; the bench's topics are deleted at the end. Usage:
 
     python bench/join.py [--ids 500000] [--how inner|outer] [--unmatched-after 15m]
+    python bench/join.py --kafka [--partitions 1] [--bootstrap 127.0.0.1:9092]
     python bench/join.py --profile [cprofile|pyinstrument]   # one engine run, profiled
 """
 
@@ -28,11 +32,13 @@ import random
 import shutil
 import tempfile
 import time
+import uuid
 from typing import Any
 
 import orjson
 
 from evtime import App
+from evtime.connectors.kafka import KafkaSource, default_bootstrap
 from evtime.connectors.local import MemorySink, MemorySource
 from evtime.runtime.gc import tune_gc
 from evtime.time import to_millis
@@ -89,12 +95,8 @@ def plain_loop(records: list[tuple[bytes, bytes]]) -> int:
     return pairs
 
 
-def engine(
-    src: MemorySource, state_dir: str, how: str, after: int | None
-) -> tuple[int, int]:
-    """Run the join over ``src``; returns (results emitted, joined results)."""
-    app = App("bench-join", state_dir=state_dir, checkpoint_interval="1s", batch_size=5_000)
-    events = app.source("events", src, key="id", timestamp="ts", max_out_of_orderness=OOO)
+def declare(app: App, events: Any, how: str, after: int | None) -> MemorySink:
+    """The W2 join of ``events`` into a memory sink (its values: whether a row is a pair)."""
     sink = MemorySink()
 
     @app.join(
@@ -108,8 +110,120 @@ def engine(
     def joined(result: Any) -> Any:
         return result.right is not None and result.left is not None
 
+    return sink
+
+
+def engine(
+    src: MemorySource, state_dir: str, how: str, after: int | None
+) -> tuple[int, int]:
+    """Run the join over ``src``; returns (results emitted, joined results)."""
+    app = App("bench-join", state_dir=state_dir, checkpoint_interval="1s", batch_size=5_000)
+    events = app.source("events", src, key="id", timestamp="ts", max_out_of_orderness=OOO)
+    sink = declare(app, events, how, after)
     asyncio.run(app.runner().run())
     return len(sink.outputs), sum(1 for o in sink.outputs if o.value)
+
+
+async def kafka_produce(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], partitions: int
+) -> None:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024, acks=1
+    )
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def kafka_delete(bootstrap: str, prefixes: tuple[str, ...]) -> None:
+    """Delete the bench's topics: its input and the app's internal ones."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefixes)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+async def kafka_engine(
+    bootstrap: str, topic: str, ends: dict[int, int], app_name: str, state_dir: str,
+    how: str, after: int | None,
+) -> tuple[float, int, int]:
+    """Run the join as a worker on ``topic`` until every record is processed."""
+    app = App(app_name, state_dir=state_dir, checkpoint_interval="1s", batch_size=5_000)
+    events = app.source(
+        topic, KafkaSource(topic, bootstrap), key="id", timestamp="ts",
+        max_out_of_orderness=OOO,
+    )
+    sink = declare(app, events, how, after)
+    worker = app.worker(handle_signals=False)
+    t0 = time.perf_counter()
+    run = asyncio.create_task(worker.run())
+    while True:
+        await asyncio.sleep(0.05)
+        if run.done():
+            await run
+            raise SystemExit("the worker stopped early")
+        done = {t.partition: t.offsets[topic] for t in worker.tasks.values()}
+        if len(done) == len(ends) and all(done[p] >= ends[p] for p in ends):
+            break
+    elapsed = time.perf_counter() - t0
+    worker.stop()
+    await run
+    return elapsed, len(sink.outputs), sum(1 for o in sink.outputs if o.value)
+
+
+def run_kafka(args: argparse.Namespace, records: list[tuple[bytes, bytes]], after: int | None,
+              pairs: int) -> None:
+    from kafka_window import ceiling, end_offsets  # bench/ is the script's folder
+
+    topic = f"bench-join-{uuid.uuid4().hex[:8]}"
+    app_name = f"{topic}-app"
+    print(f"producing {len(records):,} events to {topic} ({args.partitions} partitions) ...")
+    try:
+        asyncio.run(kafka_produce(args.bootstrap, topic, records, args.partitions))
+        ends = asyncio.run(end_offsets(args.bootstrap, topic, args.partitions))
+        total = sum(ends.values())
+        tune_gc()
+        ceiling_s = engine_s = float("inf")
+        emitted = joined = 0
+        for n in range(args.repeat):
+            ceiling_s = min(ceiling_s, asyncio.run(ceiling(args.bootstrap, topic, total)))
+            state_dir = tempfile.mkdtemp(prefix="evtime-kbench-")
+            try:
+                elapsed, emitted, joined = asyncio.run(kafka_engine(
+                    args.bootstrap, topic, ends, f"{app_name}{n}", state_dir, args.how, after
+                ))
+                engine_s = min(engine_s, elapsed)
+            finally:
+                shutil.rmtree(state_dir, ignore_errors=True)
+    finally:
+        asyncio.run(kafka_delete(args.bootstrap, (topic,)))
+    if joined != pairs:
+        print(f"WARNING: the worker emitted {joined:,} pairs, the plain loop counts {pairs:,}")
+    c_eps, e_eps = total / ceiling_s, total / engine_s
+    best = f"best of {args.repeat}"
+    print(f"how: {args.how}  unmatched_after: {args.unmatched_after}  results: {emitted:,}")
+    print(f"raw aiokafka + orjson.loads : {c_eps:12,.0f} events/s  ({ceiling_s:.2f} s, {best})")
+    print(f"evtime join, Kafka -> memory: {e_eps:12,.0f} events/s  ({engine_s:.2f} s, {best})")
+    print(f"ratio evtime/ceiling: {e_eps / c_eps:.1%}")
 
 
 def main() -> None:
@@ -123,6 +237,9 @@ def main() -> None:
         "--unmatched-after", default=None, help="emit_unmatched_after (outer only), e.g. 15m"
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each; the best counts")
+    parser.add_argument("--kafka", action="store_true", help="through the local broker")
+    parser.add_argument("--partitions", type=int, default=1, help="of the --kafka topic")
+    parser.add_argument("--bootstrap", default=default_bootstrap())
     parser.add_argument(
         "--profile", nargs="?", const="cprofile", choices=("cprofile", "pyinstrument"),
         help="profile one engine run instead of timing (pyinstrument must be installed)",
@@ -133,6 +250,9 @@ def main() -> None:
         after = to_millis(args.unmatched_after, name="--unmatched-after")
     records = generate(args.ids, to_millis(args.span, name="--span"))
     n = len(records)
+    if args.kafka:
+        run_kafka(args, records, after, plain_loop(records))
+        return
     src = MemorySource("events")
     for key, value in records:
         src.add(value, key=key, partition=0)
