@@ -238,7 +238,7 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each; the best counts")
     parser.add_argument("--kafka", action="store_true", help="through the local broker")
-    parser.add_argument("--partitions", type=int, default=1, help="of the --kafka topic")
+    parser.add_argument("--partitions", type=int, default=1, help="of the topic")
     parser.add_argument("--bootstrap", default=default_bootstrap())
     parser.add_argument(
         "--profile", nargs="?", const="cprofile", choices=("cprofile", "pyinstrument"),
@@ -253,9 +253,9 @@ def main() -> None:
     if args.kafka:
         run_kafka(args, records, after, plain_loop(records))
         return
-    src = MemorySource("events")
+    src = MemorySource("events", partitions=args.partitions)
     for key, value in records:
-        src.add(value, key=key, partition=0)
+        src.add(value, key=key)
     tune_gc()
 
     if args.profile:
