@@ -47,7 +47,10 @@ rows, its pending timer), a row being a :class:`JoinRow` (ts, offset, value,
 status: open, partial emitted, matched). Timers are lazy, as for session
 windows: a key keeps one pending timer at the earliest due time of its rows
 (a partial emission or an expiry); when it fires, every due row of the key is
-handled and the timer is armed again at the next due time.
+handled and the timer is armed again at the next due time. An inner join's
+timers only drop rows, which no later row can match: they fire once per batch,
+at its last watermark; an outer join's fire record by record, in order with the
+pairs. Each batch's ``where`` predicates run over the whole batch first.
 """
 
 from __future__ import annotations
