@@ -47,7 +47,10 @@ rows, its pending timer), a row being a :class:`JoinRow` (ts, offset, value,
 status: open, partial emitted, matched). Timers are lazy, as for session
 windows: a key keeps one pending timer at the earliest due time of its rows
 (a partial emission or an expiry); when it fires, every due row of the key is
-handled and the timer is armed again at the next due time.
+handled and the timer is armed again at the next due time. An inner join's
+timers only drop rows, which no later row can match: they fire once per batch,
+at its last watermark; an outer join's fire record by record, in order with the
+pairs. Each batch's ``where`` predicates run over the whole batch first.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import starmap
 from operator import attrgetter
 from typing import Any
 
@@ -74,6 +78,7 @@ from evtime.records import (
     JoinKind,
     JoinResult,
     KeyObj,
+    Output,
 )
 from evtime.state import KeyValueStore, TaskDB
 from evtime.state.codec import StateEntry, decode_key, encode_key
@@ -90,6 +95,12 @@ PARTIAL = 1
 """Never matched; its partial unmatched row was emitted (``emit_unmatched_after``)."""
 MATCHED = 2
 """Matched at least once."""
+
+# What a record is to the join (:meth:`JoinOperator._sides`): bits of the sides it
+# enters, or a predicate raised on it.
+_IN_LEFT = 1
+_IN_RIGHT = 2
+_RAISED = 4
 
 
 
@@ -137,7 +148,7 @@ class KeyRows(StateEntry):
     def decode(cls, stored: list[Any]) -> KeyRows:
         """The entry from its stored form."""
         left, right, timer_at = stored
-        return cls([JoinRow(*r) for r in left], [JoinRow(*r) for r in right], timer_at)
+        return cls(list(starmap(JoinRow, left)), list(starmap(JoinRow, right)), timer_at)
 
 
 class JoinType(enum.Enum):
@@ -230,51 +241,112 @@ class JoinOperator(EventTimeOperator):
             spec.how in (JoinType.RIGHT, JoinType.OUTER),
         )
         self._topics = (spec.left.topic, spec.right.topic)
+        self._after_ms = spec.emit_unmatched_after or 0
+        # Per side: whether its open rows get a partial row at ts + emit_unmatched_after.
+        self._partial = (
+            self._after is not None and self._outer[LEFT],
+            self._after is not None and self._outer[RIGHT],
+        )
         self._store: KeyValueStore[Any] = db.store(f"{spec.name}.rows")
         self._events = EventTimers(db, f"{spec.name}.timers")
         self._partition = partition
         self.late_count = 0
+        self._output = spec.output
+        # Result ids (see the module's docstring), by side: what follows the key text and
+        # precedes a row's offset in its own id, and in a pair id.
+        topics = self._topics
+        self._row_ids = tuple(
+            f"|{_SIDE_TAG[side]}|{row_identity(topics[side], partition, 0)[:-1]}"
+            for side in (LEFT, RIGHT)
+        )
+        self._pair_ids = tuple(
+            f"|{row_identity(topics[side], partition, 0)[:-1]}" for side in (LEFT, RIGHT)
+        )
         self._results = ResultEmitter(
             collector, spec.name, spec.output, spec.result_fn, spec.left.topic, partition
         )
 
     # -- driving ------------------------------------------------------------
     def process(self, batch: Batch) -> None:
-        topic = batch.topic
-        left_pred = right_pred = None
-        is_left = topic == self.spec.left.topic
-        is_right = topic == self.spec.right.topic
-        if is_left:
-            left_pred = self.spec.left.predicate
-        if is_right:
-            right_pred = self.spec.right.predicate
         keys, values, tss, wms = batch.keys, batch.values, batch.timestamps, batch.watermarks
         raw = batch.raw
+        sides, errors = self._sides(batch)
         events = self._events
-        if batch.watermark_before > events.watermark:
-            events.watermark = batch.watermark_before
+        wm = events.watermark
+        if batch.watermark_before > wm:
+            wm = events.watermark = batch.watermark_before
         insert = self._insert
+        fire = self._fire
+        # An inner join's timers only drop rows that can no longer match (a row accepted
+        # later has ts > watermark >= their point, out of their bounds): they fire once, at
+        # the batch's last watermark. Timers of outer rows emit, in order with the pairs:
+        # they fire as the watermark passes them, record by record.
+        each = self._outer != (False, False)
         for i in range(len(tss)):
-            value = values[i]
-            try:
-                in_left = is_left and (left_pred is None or bool(left_pred(value)))
-                in_right = is_right and (right_pred is None or bool(right_pred(value)))
-            except Exception as exc:
-                self._bad_predicate(batch, i, exc)
-                in_left = in_right = False
-            if in_left or in_right:
+            where = sides[i]
+            if where:
                 ts = tss[i]
-                if ts <= events.watermark:
+                if where == _RAISED:
+                    self._bad_predicate(batch, i, errors[i])
+                elif ts <= wm:
                     self._late_record(batch, i)
                 else:
-                    offset = raw[i].offset
-                    if in_left:
-                        insert(LEFT, keys[i], ts, offset, value)
-                    if in_right:
-                        insert(RIGHT, keys[i], ts, offset, value)
+                    if where & _IN_LEFT:
+                        insert(LEFT, keys[i], ts, raw[i].offset, values[i])
+                    if where & _IN_RIGHT:
+                        insert(RIGHT, keys[i], ts, raw[i].offset, values[i])
+            w = wms[i]
+            if w > wm:
+                wm = events.watermark = w
             # Also when the watermark did not move: a row may be due at once (upper < 0).
-            if events.advance(wms[i]):
-                events.fire(self._on_timer)
+            if each and wm >= events.next_due:
+                fire()
+        if wm >= events.next_due:
+            fire()
+
+    def _sides(self, batch: Batch) -> tuple[list[int], dict[int, Exception]]:
+        """Which sides each record of ``batch`` enters (:data:`_IN_LEFT` | :data:`_IN_RIGHT`,
+        or :data:`_RAISED`), with the exceptions of the predicates that raised, by index.
+
+        Each predicate runs over the whole batch in one ``map``; only when one raises is the
+        batch evaluated again record by record, to find which."""
+        spec = self.spec
+        values = batch.values
+        codes: list[int] = []
+        for inp, flag in ((spec.left, _IN_LEFT), (spec.right, _IN_RIGHT)):
+            if batch.topic != inp.topic:
+                continue
+            pred = inp.predicate
+            if pred is None:
+                hits = [flag] * len(values)
+            else:
+                try:
+                    hits = [flag if hit else 0 for hit in map(pred, values)]
+                except Exception:
+                    return self._sides_one_by_one(batch)
+            codes = hits if not codes else [x | y for x, y in zip(codes, hits, strict=True)]
+        return (codes or [0] * len(values)), {}
+
+    def _sides_one_by_one(self, batch: Batch) -> tuple[list[int], dict[int, Exception]]:
+        spec = self.spec
+        inputs = [
+            (inp.predicate, flag)
+            for inp, flag in ((spec.left, _IN_LEFT), (spec.right, _IN_RIGHT))
+            if batch.topic == inp.topic
+        ]
+        codes: list[int] = []
+        errors: dict[int, Exception] = {}
+        for i, value in enumerate(batch.values):
+            code = 0
+            try:
+                for pred, flag in inputs:
+                    if pred is None or pred(value):
+                        code |= flag
+            except Exception as exc:
+                errors[i] = exc
+                code = _RAISED
+            codes.append(code)
+        return codes, errors
 
     # -- rows -----------------------------------------------------------------
     def _insert(self, side: int, key: KeyObj, ts: int, offset: int, value: Any) -> None:
@@ -285,7 +357,7 @@ class JoinOperator(EventTimeOperator):
             entry = KeyRows([], [], None)
         elif type(entry) is not KeyRows:
             entry = KeyRows.decode(entry)  # just read from RocksDB
-        matched = False
+        status = OPEN
         others = entry.sides[1 - side]
         if others:
             lower, upper = self._lower, self._upper
@@ -293,15 +365,24 @@ class JoinOperator(EventTimeOperator):
                 # b.ts - a.ts, whichever side the new row is on.
                 gap = other.ts - ts if side == LEFT else ts - other.ts
                 if lower <= gap <= upper:
-                    matched = True
+                    status = MATCHED
                     self._emit_pair(side, key, ts, offset, value, other)
-        row = JoinRow(ts, offset, value, MATCHED if matched else OPEN)
-        entry.sides[side].append(row)
-        due = self._due(side, row)
+        entry.sides[side].append(JoinRow(ts, offset, value, status))
+        # When the row needs attention next: its partial emission, else its expiry.
+        due = ts + self._upper if side == LEFT else ts - self._lower
+        if due > MAX_TIMESTAMP:
+            due = MAX_TIMESTAMP
+        if status == OPEN and self._partial[side]:
+            partial = ts + self._after_ms
+            if partial < due:
+                due = partial
         timer_at = entry.timer_at
         if timer_at is None or due < timer_at:
             entry.timer_at = due
-            self._events.register(due, encode_key(key))
+            events = self._events
+            events.queue.register(due, encode_key(key))
+            if due < events.next_due:
+                events.next_due = due
         store.put(key, entry)
 
     def _point(self, side: int, ts: int) -> int:
@@ -309,70 +390,83 @@ class JoinOperator(EventTimeOperator):
         point = ts + self._upper if side == LEFT else ts - self._lower
         return point if point < MAX_TIMESTAMP else MAX_TIMESTAMP
 
-    def _due(self, side: int, row: JoinRow) -> int:
-        """When the row needs attention next: its partial emission, else its expiry."""
-        point = self._point(side, row.ts)
-        if self._after is not None and row.status == OPEN and self._outer[side]:
-            partial = row.ts + self._after
-            if partial < point:
-                return partial
-        return point
+    # -- timers -----------------------------------------------------------------
+    def on_watermark(self, watermark: int) -> None:
+        if self._events.advance(watermark):
+            self._fire()
+
+    def _fire(self) -> None:
+        """Handle every key whose timer is due at the watermark, in (time, key) order."""
+        events = self._events
+        watermark = events.watermark
+        store = self._store
+        expire = self._expire
+        for ts, payload in events.queue.pop_due(watermark):
+            key = decode_key(payload)
+            entry = store.get(key)
+            if entry is None:
+                continue
+            if type(entry) is not KeyRows:
+                entry = KeyRows.decode(entry)  # just read from RocksDB
+            # Else superseded by an earlier timer of the key, which re-armed it.
+            if entry.timer_at == ts:
+                expire(key, payload, entry, watermark)
+        events.refresh()
 
     def _on_timer(self, ts: int, payload: bytes) -> None:
         key = decode_key(payload)
         entry = KeyRows.load(self._store.get(key))
-        if entry is None or entry.timer_at != ts:
-            return  # superseded by an earlier timer of the key, which re-armed it
-        self._expire(key, entry, self._events.watermark)
+        if entry is not None and entry.timer_at == ts:
+            self._expire(key, payload, entry, self._events.watermark)
 
-    def _expire(self, key: KeyObj, entry: KeyRows, watermark: int) -> None:
+    def _expire(self, key: KeyObj, payload: bytes, entry: KeyRows, watermark: int) -> None:
         """Emit the due unmatched rows of ``key``, drop its expired rows, re-arm its timer."""
         nxt = NO_TIMER
+        after = self._after_ms
         for side in (LEFT, RIGHT):
             rows = entry.sides[side]
             if not rows:
                 continue
             outer = self._outer[side]
+            partial = self._partial[side]
+            # A row's point is ts + shift: ts + upper (left) or ts - lower (right).
+            shift = self._upper if side == LEFT else -self._lower
             keep: list[JoinRow] = []
             for row in rows:
-                if self._point(side, row.ts) <= watermark:
+                point = row.ts + shift
+                if point > MAX_TIMESTAMP:
+                    point = MAX_TIMESTAMP
+                if point <= watermark:
                     if outer and row.status == OPEN:
                         self._emit_unmatched(side, key, row, EmitKind.FINAL)
                     continue
-                if (
-                    outer
-                    and row.status == OPEN
-                    and self._after is not None
-                    and row.ts + self._after <= watermark
-                ):
-                    self._emit_unmatched(side, key, row, EmitKind.EARLY)
-                    row.status = PARTIAL
-                due = self._due(side, row)
-                if due < nxt:
-                    nxt = due
+                if partial and row.status == OPEN:
+                    if row.ts + after <= watermark:
+                        self._emit_unmatched(side, key, row, EmitKind.EARLY)
+                        row.status = PARTIAL
+                    elif row.ts + after < point:
+                        point = row.ts + after
+                if point < nxt:
+                    nxt = point
                 keep.append(row)
             entry.sides[side] = keep
         if entry.sides[LEFT] or entry.sides[RIGHT]:
             entry.timer_at = nxt
-            self._events.register(nxt, encode_key(key))
+            self._events.register(nxt, payload)
             self._store.put(key, entry)
         else:
             self._store.delete(key)
 
     # -- emission -----------------------------------------------------------
-    def _ident(self, side: int, offset: int) -> str:
-        return row_identity(self._topics[side], self._partition, offset)
-
     def _emit_pair(
         self, side: int, key: KeyObj, ts: int, offset: int, value: Any, other: JoinRow
     ) -> None:
         """A new row (``side``) matched a stored row ``other`` of the other side."""
-        other_side = 1 - side
         status = other.status
         if status != MATCHED:
             # The stored row's first match takes its id (that of its partial row, if any).
-            ident = self._ident(other_side, other.offset)
-            rid = f"{_key_text(key)}|{_SIDE_TAG[other_side]}|{ident}"
+            kt = key if type(key) is str else _key_text(key)
+            rid = f"{kt}{self._row_ids[1 - side]}{other.offset}"
             emit = EmitKind.UPDATE if status == PARTIAL else EmitKind.FINAL
             other.status = MATCHED
         else:
@@ -381,19 +475,18 @@ class JoinOperator(EventTimeOperator):
                 lo, ro = offset, other.offset
             else:
                 lo, ro = other.offset, offset
-            rid = f"{_key_text(key)}|{self._ident(LEFT, lo)}|{self._ident(RIGHT, ro)}"
+            kt = key if type(key) is str else _key_text(key)
+            left_id, right_id = self._pair_ids
+            rid = f"{kt}{left_id}{lo}{right_id}{ro}"
+        other_ts = other.ts
         if side == LEFT:
-            result = JoinResult(
-                key, value, other.value, JoinKind.JOINED, emit, ts, other.ts, rid
-            )
+            result = JoinResult(key, value, other.value, JoinKind.JOINED, emit, ts, other_ts, rid)
         else:
-            result = JoinResult(
-                key, other.value, value, JoinKind.JOINED, emit, other.ts, ts, rid
-            )
-        self._emit(result)
+            result = JoinResult(key, other.value, value, JoinKind.JOINED, emit, other_ts, ts, rid)
+        self._emit(result, ts if ts >= other_ts else other_ts)
 
     def _emit_unmatched(self, side: int, key: KeyObj, row: JoinRow, emit: EmitKind) -> None:
-        rid = f"{_key_text(key)}|{_SIDE_TAG[side]}|{self._ident(side, row.offset)}"
+        rid = f"{_key_text(key)}{self._row_ids[side]}{row.offset}"
         if side == LEFT:
             result = JoinResult(
                 key, row.value, None, JoinKind.UNMATCHED, emit, row.ts, None, rid
@@ -402,10 +495,13 @@ class JoinOperator(EventTimeOperator):
             result = JoinResult(
                 key, None, row.value, JoinKind.UNMATCHED, emit, None, row.ts, rid
             )
-        self._emit(result)
+        self._emit(result, row.ts)
 
-    def _emit(self, result: JoinResult) -> None:
-        self._results.emit(result, result.timestamp)
+    def _emit(self, result: JoinResult, timestamp: int) -> None:
+        """Emit ``result`` at ``timestamp`` (its :attr:`~JoinResult.timestamp`)."""
+        value = self._results.shape(result, timestamp)
+        if value is not None:
+            self._collector.emit(self._output, Output(result.key, value, timestamp, result.id))
 
     # -- bad and late input -------------------------------------------------------
 

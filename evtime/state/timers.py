@@ -27,29 +27,45 @@ def _start_after(ts: int | None) -> bytes:
     return encode_int(ts + 1)
 
 
+Timer = tuple[int, bytes]
+"""A timer in memory: (time, payload); stored as the key ``encode_int(time) + payload``."""
+
+
+def _stored(timer: Timer) -> bytes:
+    return encode_int(timer[0]) + timer[1]
+
+
+def _timer(full: bytes) -> Timer:
+    return decode_int(full), bytes(full[8:])
+
+
 class TimerQueue:
     """A set of (time, payload) timers; :meth:`pop_due` returns them in order.
 
     Registering the same timer twice keeps one. Timers registered and fired
-    (or deleted) between two snapshots never reach RocksDB.
+    (or deleted) between two snapshots never reach RocksDB. In memory a timer
+    is a (time, payload) tuple; only the snapshot and the scans of the column
+    family see its stored bytes.
     """
 
     def __init__(self, db: TaskDB, name: str) -> None:
         self.name = name
         self._db = db
         self._cf = db._column(name)
-        self._heap: list[tuple[int, bytes]] = []
-        self._pending: set[bytes] = set()  # registered since the last snapshot
-        self._deleted: set[bytes] = set()  # persisted timers fired or deleted since then
+        # Timers registered since the last snapshot: a heap for the order and a set for
+        # membership (a fired or deleted one leaves its heap entry, skipped lazily).
+        self._heap: list[Timer] = []
+        self._pending: set[Timer] = set()
+        self._deleted: set[Timer] = set()  # persisted timers fired or deleted since then
         # Registered again after being fired or deleted: pending, but maybe also on disk
         # behind the scan position, so firing it must delete the disk copy.
-        self._revived: set[bytes] = set()
+        self._revived: set[Timer] = set()
         # Every persisted timer at or before this time has been popped: scans start after it.
         self._scanned_to: int | None = None
         # Read-ahead of the persisted timers after the scan position, in key (= time) order,
         # so that firing and peeking do not open a RocksDB iterator each time. Valid until
         # the next snapshot changes the column family; fired / deleted ones are skipped.
-        self._ahead: list[bytes] = []
+        self._ahead: list[Timer] = []
         self._ahead_pos = 0
         self._ahead_complete = False  # the read-ahead reached the column family's end
         self._ahead_valid = False
@@ -57,71 +73,75 @@ class TimerQueue:
 
     def register(self, ts: int, payload: bytes) -> None:
         """Add the timer (idempotent)."""
-        full = encode_int(ts) + payload
-        if full in self._deleted:
+        timer = (ts, payload)
+        if timer in self._pending:
+            return
+        if timer in self._deleted:
             # Un-deleting is not enough: a scan may already have passed its disk copy (or
             # there is none), so the timer must live in memory too.
-            self._deleted.discard(full)
-            self._revived.add(full)
-        if full not in self._pending:
-            self._pending.add(full)
-            heapq.heappush(self._heap, (ts, payload))
+            self._deleted.discard(timer)
+            self._revived.add(timer)
+        self._pending.add(timer)
+        heapq.heappush(self._heap, timer)
 
     def delete(self, ts: int, payload: bytes) -> None:
         """Remove the timer if it exists."""
-        full = encode_int(ts) + payload
-        if full in self._pending:
-            self._pending.discard(full)  # its heap entry is skipped lazily
+        timer = (ts, payload)
+        if timer in self._pending:
+            self._pending.discard(timer)  # its heap entry is skipped lazily
             # Registered again after a snapshot had written it: the disk copy must go too.
-            if full not in self._revived and self._cf.get(full) is None:
+            if timer not in self._revived and self._cf.get(_stored(timer)) is None:
                 return
-            self._revived.discard(full)
-        self._deleted.add(full)
+            self._revived.discard(timer)
+        self._deleted.add(timer)
 
     def next_time(self) -> int | None:
         """The earliest registered time, or None when the queue is empty."""
         heap = self._heap
-        while heap and (encode_int(heap[0][0]) + heap[0][1]) not in self._pending:
+        pending = self._pending
+        while heap and heap[0] not in pending:
             heapq.heappop(heap)
-        mem = heap[0][0] if heap else None
         disk = self._persisted_head()
-        if mem is None:
+        if not heap:
             return disk
-        if disk is None:
+        mem = heap[0][0]
+        if disk is None or mem < disk:
             return mem
-        return min(mem, disk)
+        return disk
 
-    def pop_due(self, until: int) -> list[tuple[int, bytes]]:
+    def pop_due(self, until: int) -> list[Timer]:
         """Remove and return every timer with time <= ``until``, ordered by (time, payload)."""
-        due: list[tuple[int, bytes]] = []
+        due: list[Timer] = []
         heap = self._heap
         pending = self._pending
+        revived = self._revived
+        pop = heapq.heappop
         while heap and heap[0][0] <= until:
-            ts, payload = heapq.heappop(heap)
-            full = encode_int(ts) + payload
-            if full in pending:
-                pending.discard(full)
-                if full in self._revived:
-                    self._revived.discard(full)
-                    self._deleted.add(full)
-                due.append((ts, payload))
-        head = self._persisted_head()
-        if head is not None and head <= until:
-            deleted = self._deleted
-            for full in self._take_ahead(_start_after(until)):
-                if full not in deleted:
-                    deleted.add(full)
-                    due.append((decode_int(full), bytes(full[8:])))
+            timer = pop(heap)
+            if timer in pending:
+                pending.discard(timer)
+                if revived and timer in revived:
+                    revived.discard(timer)
+                    self._deleted.add(timer)
+                due.append(timer)
         if self._scanned_to is None or until > self._scanned_to:
+            head = self._persisted_head()
+            if head is not None and head <= until:
+                deleted = self._deleted
+                for timer in self._take_ahead(until):
+                    if timer not in deleted:
+                        deleted.add(timer)
+                        due.append(timer)
+                # A timer re-registered after a snapshot is both in memory and on disk:
+                # fire it once. (The heap alone yields distinct timers in order.)
+                due = sorted(set(due))
             self._scanned_to = until
-        # A timer re-registered after a snapshot is both in memory and on disk: fire it once.
-        return sorted(set(due))
+        return due
 
     def __len__(self) -> int:
         """Number of live timers (walks the persisted ones: not for the hot path)."""
-        persisted = sum(
-            1 for key in self._cf.keys() if key not in self._deleted and key not in self._pending
-        )
+        gone = {_stored(t) for t in self._pending} | {_stored(t) for t in self._deleted}
+        persisted = sum(1 for key in self._cf.keys() if key not in gone)
         return persisted + len(self._pending)
 
     # -- persisted part ------------------------------------------------------------
@@ -129,9 +149,9 @@ class TimerQueue:
 
     def _fill(self, start: bytes) -> None:
         """Read the next persisted timers from ``start`` on into the read-ahead."""
-        ahead: list[bytes] = []
+        ahead: list[Timer] = []
         for key in raw_keys(self._cf, start):
-            ahead.append(key)
+            ahead.append(_timer(key))
             if len(ahead) == self._READ_AHEAD:
                 break
         self._ahead = ahead
@@ -139,30 +159,37 @@ class TimerQueue:
         self._ahead_complete = len(ahead) < self._READ_AHEAD
         self._ahead_valid = True
 
-    def _ahead_next(self) -> bytes | None:
+    def _ahead_next(self) -> Timer | None:
         """The next persisted timer in the read-ahead (refilled as needed), or None at the end."""
         if not self._ahead_valid:
             self._fill(_start_after(self._scanned_to))
         while self._ahead_pos >= len(self._ahead):
             if self._ahead_complete:
                 return None
-            self._fill(self._ahead[-1] + b"\x00")  # the first key after the last one read
+            # The first key after the last one read.
+            self._fill(_stored(self._ahead[-1]) + b"\x00")
         return self._ahead[self._ahead_pos]
 
-    def _take_ahead(self, limit: bytes) -> list[bytes]:
-        """Consume the read-ahead's keys below ``limit`` (deleted ones included)."""
-        taken: list[bytes] = []
-        while (full := self._ahead_next()) is not None and full < limit:
-            taken.append(full)
-            self._ahead_pos += 1
+    def _take_ahead(self, until: int) -> list[Timer]:
+        """Consume the read-ahead's timers at or before ``until`` (deleted ones included)."""
+        taken: list[Timer] = []
+        while (timer := self._ahead_next()) is not None and timer[0] <= until:
+            # The rest of the read-ahead in one slice when it is all due.
+            ahead, pos = self._ahead, self._ahead_pos
+            if ahead[-1][0] <= until:
+                taken.extend(ahead[pos:])
+                self._ahead_pos = len(ahead)
+            else:
+                taken.append(timer)
+                self._ahead_pos = pos + 1
         return taken
 
     def _persisted_head(self) -> int | None:
         """The earliest persisted timer not fired or deleted (skipping those that are)."""
         deleted = self._deleted
-        while (full := self._ahead_next()) is not None:
-            if full not in deleted:
-                return decode_int(full)
+        while (timer := self._ahead_next()) is not None:
+            if timer not in deleted:
+                return timer[0]
             # A deleted timer registered again lives in memory: its disk copy is not needed.
             self._ahead_pos += 1
         return None
@@ -170,20 +197,22 @@ class TimerQueue:
     def _flush(self, batch: WriteBatch) -> tuple[int, int, int]:
         handle = self._db._handle(self.name)
         changes = self._db._changes
-        for full in self._pending:
+        pending = [encode_int(ts) + payload for ts, payload in self._pending]
+        deleted = [encode_int(ts) + payload for ts, payload in self._deleted]
+        for full in pending:
             batch.put(full, b"", handle)
-        for full in self._deleted:
+        for full in deleted:
             batch.delete(full, handle)
         if changes is not None:
-            changes.extend(Change(self.name, full, b"") for full in self._pending)
-            changes.extend(Change(self.name, full, None) for full in self._deleted)
-        size = sum(len(k) for k in self._pending) + sum(len(k) for k in self._deleted)
+            changes.extend(Change(self.name, full, b"") for full in pending)
+            changes.extend(Change(self.name, full, None) for full in deleted)
+        size = sum(map(len, pending)) + sum(map(len, deleted))
         if self._pending and self._scanned_to is not None:
             # A timer registered behind the scan position must still be found.
-            earliest = min(decode_int(full) for full in self._pending)
+            earliest = min(self._pending)[0]
             if earliest <= self._scanned_to:
                 self._scanned_to = earliest - 1
-        return len(self._pending), len(self._deleted), size
+        return len(pending), len(deleted), size
 
     def _after_commit(self) -> None:
         self._pending.clear()
