@@ -123,4 +123,4 @@ def _reset_job(app: Any) -> tuple[dict[str, Any], Any]:
         internal=[t["topic"] for t in desc["internal_topics"]],
         state_dirs=dirs,
     )
-    return {"bootstrap_servers": specs[0].connector.bootstrap}, job
+    return specs[0].connector.connection.client_kwargs(), job
