@@ -401,6 +401,7 @@ class ElasticsearchSink:
             cap=self._backoff_max,
             budget=self._max_retry,
             rng=self._rng,
+            target=f"Elasticsearch {self.url}",
         )
 
     async def _ensure_cluster(self) -> ClusterInfo:
@@ -417,10 +418,12 @@ class ElasticsearchSink:
                     failure = describe_exception(exc)
                 else:
                     if status == 200:
+                        backoff.succeeded()
                         self.cluster = self._identify(payload)
                         return self.cluster
                     if status == 403:
                         # An API key allowed to write but not to monitor: carry on.
+                        backoff.succeeded()
                         log.warning(
                             "GET %s/ is forbidden (403): product and version unknown; "
                             "assuming a compatible cluster",
@@ -467,12 +470,14 @@ class ElasticsearchSink:
                 if 200 <= status < 300:
                     again, failure = await self._settle(todo, payload)
                     if not again:
+                        backoff.succeeded()
                         return
                     if len(again) < len(todo):
                         backoff.reset()
                     self.stats.item_retries += len(again)
                     todo = again
                 elif status == 413:
+                    backoff.succeeded()
                     await self._split(todo)
                     return
                 elif status == 429 or status >= 500:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import random
 import ssl
 import time
@@ -22,8 +21,7 @@ import aiohttp
 
 from evtime.connectors.elasticsearch_bulk import backoff_delay
 from evtime.errors import ConfigError, SinkError
-
-log = logging.getLogger("evtime.elasticsearch")
+from evtime.logs import Outage
 
 RETRIABLE = (aiohttp.ClientError, TimeoutError, OSError)
 """Connection refused or reset, DNS failure, timeout: the cluster may be back soon."""
@@ -115,12 +113,25 @@ class Connection:
 
 class Backoff:
     """Waits between the attempts of one request; raises SinkError once ``budget`` seconds
-    passed since the first failure without progress (None: never gives up)."""
+    passed since the first failure without progress (None: never gives up).
+
+    Failures are an outage of ``target`` (evtime/logs.py): one warning when the first
+    attempt fails, one when an attempt gets through again (:meth:`reset`,
+    :meth:`succeeded`), each retry in between at DEBUG."""
 
     def __init__(
-        self, what: str, *, first: float, cap: float, budget: float | None, rng: random.Random
+        self,
+        what: str,
+        *,
+        first: float,
+        cap: float,
+        budget: float | None,
+        rng: random.Random,
+        target: str = "Elasticsearch",
     ) -> None:
         self._what = what
+        self._target = target
+        self._outage: Outage | None = None  # looked up at the first failure
         self._first = first
         self._cap = cap
         self._budget = budget
@@ -132,6 +143,13 @@ class Backoff:
         """Progress was made: the next failure starts a new budget."""
         self._attempt = 0
         self._since = None
+        self.succeeded()
+
+    def succeeded(self) -> None:
+        """The request got through: an outage this backoff saw is over."""
+        if self._outage is not None:
+            self._outage.recovered()
+            self._outage = None
 
     async def wait(self, failure: str, pending: int) -> None:
         """Log ``failure`` and sleep before the next attempt, or raise when out of budget."""
@@ -152,13 +170,11 @@ class Backoff:
         if budget is not None:
             delay = min(delay, self._since + budget - now)
         self._attempt += 1
-        log.warning(
-            "%s failed (%s); retry %d in %.2f s, %d documents waiting",
-            self._what,
-            failure,
-            self._attempt,
-            delay,
-            pending,
+        if self._outage is None:
+            self._outage = Outage.of(self._target)
+        self._outage.failed(
+            failure, f"{self._what}, retry {self._attempt} in {delay:.2f} s, {pending} "
+            "documents waiting"
         )
         await asyncio.sleep(delay)
 

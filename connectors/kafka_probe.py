@@ -75,8 +75,9 @@ def refusal(connection: KafkaConnection, address: str, exc: BaseException) -> st
             + (f" (now {connection.ca_file})" if connection.ca_file else "")
         )
     if isinstance(exc, ssl.SSLError):
+        why = getattr(exc, "reason", None) or exc
         return (
-            f"TLS with the Kafka broker at {address} failed ({exc.reason or exc}): check "
+            f"TLS with the Kafka broker at {address} failed ({why}): check "
             f"{_setting('security_protocol')} (now {connection.security_protocol.value}) "
             f"and the TLS files ({_setting('ca_file')}, {_setting('cert_file')})"
         )
