@@ -217,12 +217,14 @@ class SecuredPipeline(Pipeline):
 
 
 @pytest.mark.opensearch
+@pytest.mark.parametrize("processing", ["at_least_once", "exactly_once"])
 def test_seed_join_through_sasl_ssl_survives_kill_9_with_the_reference_documents(
     kafka_bootstrap: str,
     opensearch_url: str,
     secured: SecuredKafka,
     unique_name: str,
     tmp_path: Path,
+    processing: str,
 ) -> None:
     topic, index = f"{unique_name}-events", unique_name
     events = generate(10_000, seed=17)
@@ -231,6 +233,7 @@ def test_seed_join_through_sasl_ssl_survives_kill_9_with_the_reference_documents
     pipeline = SecuredPipeline(
         secured, kafka_bootstrap, opensearch_url, unique_name, tmp_path, topic=topic, index=index
     )
+    pipeline.env["EVTIME_PROCESSING"] = processing
     pipeline.start()
     try:
         deadline = time.monotonic() + 120
