@@ -18,7 +18,6 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 
 from evtime.connectors.kafka_connection import KafkaConnection, as_connection
@@ -27,6 +26,7 @@ from evtime.connectors.kafka_probe import verified
 from evtime.connectors.kafka_retry import (
     given_up,
     producer_overrides,
+    send_batch,
     started,
     stopped,
     while_unreachable,
@@ -222,7 +222,12 @@ class KafkaChangelog:
                     await self._drop_producer(own)  # its sequence numbers are spent
                 raise
 
-        return await while_unreachable(f"appending to {self.topic!r}", attempt, retry_if=given_up)
+        return await while_unreachable(
+            f"appending to {self.topic!r}",
+            attempt,
+            retry_if=given_up,
+            target=self.connection.target,
+        )
 
     async def _drop_producer(self, producer: AIOKafkaProducer) -> None:
         if self._producer is producer:
@@ -238,6 +243,7 @@ class KafkaChangelog:
         # Per partition: the future of its last batch and that batch's record count.
         last: dict[int, tuple[asyncio.Future[RecordMetadata], int]] = {}
         sent: list[asyncio.Future[RecordMetadata]] = []
+        what = ("appending to", self.connection.target)
         for partition, (records, checkpoint) in batches.items():
             headers = (
                 [(CHECKPOINT_HEADER, orjson.dumps(checkpoint))] if checkpoint is not None else []
@@ -249,7 +255,7 @@ class KafkaChangelog:
             count = 0
             for key, value in records:
                 if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
-                    fut = await self._send_batch(producer, batch, partition)
+                    fut = await send_batch(producer, batch, self.topic, partition, *what)
                     last[partition] = (fut, count)
                     sent.append(fut)
                     batch = producer.create_batch()
@@ -257,7 +263,7 @@ class KafkaChangelog:
                     count = 0
                 count += 1
             if count:
-                fut = await self._send_batch(producer, batch, partition)
+                fut = await send_batch(producer, batch, self.topic, partition, *what)
                 last[partition] = (fut, count)
                 sent.append(fut)
         # Every batch acknowledged; every future retrieved, then the first failure raised.
@@ -269,18 +275,6 @@ class KafkaChangelog:
             meta = await fut  # the batch's base offset, once acknowledged
             ends[partition] = meta.offset + count
         return ends
-
-    async def _send_batch(
-        self, producer: AIOKafkaProducer, batch: BatchBuilder, partition: int
-    ) -> asyncio.Future[RecordMetadata]:
-        # aiokafka queues a partition's batch only once the previous one is drained: while
-        # the broker is down, send_batch gives up after request_timeout_ms (40 s) without
-        # queuing the batch, so it is retried as it is.
-        sent: asyncio.Future[RecordMetadata] = await while_unreachable(
-            f"appending to {self.topic!r}[{partition}]",
-            lambda: producer.send_batch(batch, self.topic, partition=partition),
-        )
-        return sent
 
     async def end_offsets(self, partitions: list[int]) -> dict[int, int]:
         """The end offsets of ``partitions`` (what a restore would read up to), in one

@@ -19,8 +19,9 @@ import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     KafkaError,
     KafkaTimeoutError,
@@ -146,3 +147,19 @@ async def while_unreachable(
             return result
         await asyncio.sleep(delay)
         delay = min(delay * 2, BACKOFF_MAX_S)
+
+
+async def send_batch(
+    producer: AIOKafkaProducer, batch: Any, topic: str, partition: int, what: str, target: str
+) -> asyncio.Future[Any]:
+    """Queue ``batch`` (a BatchBuilder) for ``topic[partition]``; the future of its delivery.
+
+    aiokafka queues a partition's batch only once the previous one is drained: while the
+    broker is down, send_batch gives up after request_timeout_ms (40 s) with a
+    KafkaTimeoutError and without queuing the batch, so it is retried as it is."""
+    sent: asyncio.Future[Any] = await while_unreachable(
+        f"{what} {topic!r}[{partition}]",
+        lambda: producer.send_batch(batch, topic, partition=partition),
+        target=target,
+    )
+    return sent

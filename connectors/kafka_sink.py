@@ -28,6 +28,7 @@ from evtime.connectors.kafka_probe import verified
 from evtime.connectors.kafka_retry import (
     given_up,
     producer_overrides,
+    send_batch,
     started,
     stopped,
     while_unreachable,
@@ -105,7 +106,8 @@ class KafkaSink:
         # then fails at once ("Unable to bootstrap"), so it is retried until it is back.
         if self._producer is None:
             self._producer = await while_unreachable(
-                f"starting the producer of {self.topic!r}", self._start_producer,
+                f"starting the producer of {self.topic!r}",
+                self._start_producer,
                 target=self._target,
             )
         return self._producer
@@ -205,15 +207,8 @@ class KafkaSink:
     async def _send_batch(
         self, producer: AIOKafkaProducer, batch: BatchBuilder, partition: int
     ) -> asyncio.Future[RecordMetadata]:
-        # aiokafka queues a partition's batch only once the previous one is drained: while
-        # the broker is down, send_batch gives up after request_timeout_ms (40 s) with a
-        # KafkaTimeoutError and without queuing the batch, so it is retried as it is.
-        sent: asyncio.Future[RecordMetadata] = await while_unreachable(
-            f"producing to {self.topic!r}[{partition}]",
-            lambda: producer.send_batch(batch, self.topic, partition=partition),
-                target=self._target,
-        )
-        return sent
+        what = "producing to"
+        return await send_batch(producer, batch, self.topic, partition, what, self._target)
 
     async def flush(self) -> None:
         """Wait until every record written so far is acknowledged.
