@@ -11,8 +11,10 @@ worker at once with one line naming the setting.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,6 +25,8 @@ import pytest
 from evtime.services import ServicesConfig
 from evtime.services.config import SecuredKafka
 from tests.integration.kafka_helpers import (
+    JOBS,
+    ROOT,
     check_windows,
     consume_all,
     create_topics,
@@ -253,3 +257,22 @@ def test_seed_join_through_sasl_ssl_survives_kill_9_with_the_reference_documents
     finally:
         delete_index(opensearch_url, index)
     delete_topics(kafka_bootstrap, unique_name)
+
+
+def test_state_reset_reaches_the_group_through_sasl_ssl(
+    kafka_bootstrap: str, secured: SecuredKafka, unique_name: str, tmp_path: Path
+) -> None:
+    env = {**worker_env(unique_name, tmp_path), **secured_env(secured)}
+    asyncio.run(create_topics(kafka_bootstrap, {env["EVTIME_TEST_IN"]: 2}))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "evtime.cli", "state", "reset",
+             f"{JOBS / 'window_job.py'}:app", "--to", "earliest", "--dry-run"],
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            capture_output=True, text=True, timeout=120, cwd=str(ROOT),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"1. would move group {unique_name!r} to earliest" in done.stdout
+        assert f"{env['EVTIME_TEST_IN']}[1]: none -> 0" in done.stdout
+    finally:
+        delete_topics(kafka_bootstrap, unique_name)
