@@ -158,10 +158,12 @@ class ElasticsearchSink:
     timedeltas or strings like ``"1s"``.
 
     Connection: ``url`` (default ``$EVTIME_ELASTICSEARCH_URL`` or
-    http://127.0.0.1:9200; a path prefix is kept), basic auth (``username`` and
-    ``password``, or in the URL) or ``api_key`` (the encoded key, or ``(id, key)``),
-    ``ca_certs`` (a PEM file), ``verify_certs``, ``client_cert`` / ``client_key``,
-    extra ``headers``, and a per-request ``timeout``.
+    http://127.0.0.1:9200; a path prefix is kept), or several node URLs (a list, or
+    commas) tried in turn when one cannot be connected to, or an Elastic Cloud
+    ``cloud_id``; basic auth (``username`` and ``password``, or in the URL), ``api_key``
+    (the encoded key, or ``(id, key)``) or ``bearer_token``; ``ca_certs`` (a PEM file),
+    ``verify_certs``, ``client_cert`` / ``client_key``, extra ``headers``, and a
+    per-request ``timeout``.
 
     Rejected documents go to ``dead_letter`` (pass the app's dead-letter sink) as
     ``DeadLetter(DeadLetterReason.SINK, ...)`` with the cluster's error, the target
@@ -178,7 +180,7 @@ class ElasticsearchSink:
         self,
         index: str | Callable[[Output], str],
         *,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         action: BulkAction | str | Callable[[Output], BulkAction | str] = BulkAction.INDEX,
         document: Callable[[Output], Mapping[str, Any]] | None = None,
         id: Callable[[Output], str | None] | None = None,
@@ -196,6 +198,8 @@ class ElasticsearchSink:
         username: str | None = None,
         password: str | None = None,
         api_key: str | tuple[str, str] | None = None,
+        bearer_token: str | None = None,
+        cloud_id: str | None = None,
         ca_certs: str | Path | None = None,
         verify_certs: bool = True,
         client_cert: str | Path | None = None,
@@ -243,10 +247,12 @@ class ElasticsearchSink:
             self._params["refresh"] = _REFRESH[refresh]
 
         self._connection = Connection(
-            url or default_url(),
+            url or (None if cloud_id else default_url()),
             username=username,
             password=password,
             api_key=api_key,
+            bearer_token=bearer_token,
+            cloud_id=cloud_id,
             ca_certs=ca_certs,
             verify_certs=verify_certs,
             client_cert=client_cert,
@@ -401,6 +407,7 @@ class ElasticsearchSink:
             cap=self._backoff_max,
             budget=self._max_retry,
             rng=self._rng,
+            target=f"Elasticsearch {self.url}",
         )
 
     async def _ensure_cluster(self) -> ClusterInfo:
@@ -417,10 +424,12 @@ class ElasticsearchSink:
                     failure = describe_exception(exc)
                 else:
                     if status == 200:
+                        backoff.succeeded()
                         self.cluster = self._identify(payload)
                         return self.cluster
                     if status == 403:
                         # An API key allowed to write but not to monitor: carry on.
+                        backoff.succeeded()
                         log.warning(
                             "GET %s/ is forbidden (403): product and version unknown; "
                             "assuming a compatible cluster",
@@ -467,12 +476,14 @@ class ElasticsearchSink:
                 if 200 <= status < 300:
                     again, failure = await self._settle(todo, payload)
                     if not again:
+                        backoff.succeeded()
                         return
                     if len(again) < len(todo):
                         backoff.reset()
                     self.stats.item_retries += len(again)
                     todo = again
                 elif status == 413:
+                    backoff.succeeded()
                     await self._split(todo)
                     return
                 elif status == 429 or status >= 500:

@@ -18,13 +18,15 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 
+from evtime.connectors.kafka_connection import KafkaConnection, as_connection
 from evtime.connectors.kafka_fetch import lean_fetch
+from evtime.connectors.kafka_probe import verified
 from evtime.connectors.kafka_retry import (
     given_up,
     producer_overrides,
+    send_batch,
     started,
     stopped,
     while_unreachable,
@@ -53,8 +55,9 @@ async def _partition_count(admin: AIOKafkaAdminClient, topic: str) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _admin(connection: KafkaConnection) -> AsyncIterator[AIOKafkaAdminClient]:
+    await verified(connection)
+    admin = AIOKafkaAdminClient(**connection.client_kwargs())
     try:
         await admin.start()
         yield admin
@@ -62,15 +65,20 @@ async def _admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
         await admin.close()
 
 
-async def partition_counts(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
+async def partition_counts(
+    connection: KafkaConnection | str, topics: Sequence[str]
+) -> dict[str, int]:
     """How many partitions each of ``topics`` has (ConfigError if one does not exist);
     an unreachable broker is waited for (connectors/kafka_retry.py)."""
+    cluster = as_connection(connection)
 
     async def attempt() -> dict[str, int]:
-        async with _admin(bootstrap) as admin:
+        async with _admin(cluster) as admin:
             return {topic: await _partition_count(admin, topic) for topic in topics}
 
-    return await while_unreachable(f"reading the partition counts of {list(topics)}", attempt)
+    return await while_unreachable(
+        f"reading the partition counts of {list(topics)}", attempt, target=cluster.target
+    )
 
 
 async def _create_topic(
@@ -101,26 +109,29 @@ async def _create_topic(
 
 
 async def ensure_topic(
-    bootstrap: str, topic: str, partitions: int, configs: dict[str, str]
+    connection: KafkaConnection | str, topic: str, partitions: int, configs: dict[str, str]
 ) -> None:
     """Create ``topic`` with ``partitions`` partitions and ``configs`` if it is missing; an
     existing one must have as many partitions (ConfigError). The broker is waited for."""
+    cluster = as_connection(connection)
 
     async def attempt() -> None:
-        async with _admin(bootstrap) as admin:
+        async with _admin(cluster) as admin:
             await _create_topic(
                 admin, topic, partitions, configs,
                 "delete it (and the app's state) or declare its partition count",
             )
 
-    await while_unreachable(f"creating the topic {topic!r}", attempt)
+    await while_unreachable(f"creating the topic {topic!r}", attempt, target=cluster.target)
 
 
 class KafkaChangelog:
     """The changelog topic ``topic`` (created compacted, with ``partitions`` partitions)."""
 
-    def __init__(self, bootstrap: str, topic: str, *, progress_every_s: float = 5.0) -> None:
-        self.bootstrap = bootstrap
+    def __init__(
+        self, connection: KafkaConnection | str, topic: str, *, progress_every_s: float = 5.0
+    ) -> None:
+        self.connection = as_connection(connection)
         self.topic = topic
         self.progress_every_s = progress_every_s
         """How often a long read (a restore) logs its progress."""
@@ -135,7 +146,7 @@ class KafkaChangelog:
         )
 
     async def _ensure(self, source_topic: str) -> None:
-        async with _admin(self.bootstrap) as admin:
+        async with _admin(self.connection) as admin:
             partitions = await _partition_count(admin, source_topic)
             await _create_topic(
                 admin,
@@ -154,14 +165,16 @@ class KafkaChangelog:
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
             self._producer = await while_unreachable(
-                f"starting the producer of {self.topic!r}", self._start_producer
+                f"starting the producer of {self.topic!r}", self._start_producer,
+                target=self.connection.target,
             )
         return self._producer
 
     async def _start_producer(self) -> AIOKafkaProducer:
+        await verified(self.connection)
         return await started(
             AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap,
+                **self.connection.client_kwargs(),
                 enable_idempotence=True,
                 acks="all",
                 linger_ms=5,
@@ -209,7 +222,12 @@ class KafkaChangelog:
                     await self._drop_producer(own)  # its sequence numbers are spent
                 raise
 
-        return await while_unreachable(f"appending to {self.topic!r}", attempt, retry_if=given_up)
+        return await while_unreachable(
+            f"appending to {self.topic!r}",
+            attempt,
+            retry_if=given_up,
+            target=self.connection.target,
+        )
 
     async def _drop_producer(self, producer: AIOKafkaProducer) -> None:
         if self._producer is producer:
@@ -225,6 +243,7 @@ class KafkaChangelog:
         # Per partition: the future of its last batch and that batch's record count.
         last: dict[int, tuple[asyncio.Future[RecordMetadata], int]] = {}
         sent: list[asyncio.Future[RecordMetadata]] = []
+        what = ("appending to", self.connection.target)
         for partition, (records, checkpoint) in batches.items():
             headers = (
                 [(CHECKPOINT_HEADER, orjson.dumps(checkpoint))] if checkpoint is not None else []
@@ -236,7 +255,7 @@ class KafkaChangelog:
             count = 0
             for key, value in records:
                 if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
-                    fut = await self._send_batch(producer, batch, partition)
+                    fut = await send_batch(producer, batch, self.topic, partition, *what)
                     last[partition] = (fut, count)
                     sent.append(fut)
                     batch = producer.create_batch()
@@ -244,7 +263,7 @@ class KafkaChangelog:
                     count = 0
                 count += 1
             if count:
-                fut = await self._send_batch(producer, batch, partition)
+                fut = await send_batch(producer, batch, self.topic, partition, *what)
                 last[partition] = (fut, count)
                 sent.append(fut)
         # Every batch acknowledged; every future retrieved, then the first failure raised.
@@ -256,18 +275,6 @@ class KafkaChangelog:
             meta = await fut  # the batch's base offset, once acknowledged
             ends[partition] = meta.offset + count
         return ends
-
-    async def _send_batch(
-        self, producer: AIOKafkaProducer, batch: BatchBuilder, partition: int
-    ) -> asyncio.Future[RecordMetadata]:
-        # aiokafka queues a partition's batch only once the previous one is drained: while
-        # the broker is down, send_batch gives up after request_timeout_ms (40 s) without
-        # queuing the batch, so it is retried as it is.
-        sent: asyncio.Future[RecordMetadata] = await while_unreachable(
-            f"appending to {self.topic!r}[{partition}]",
-            lambda: producer.send_batch(batch, self.topic, partition=partition),
-        )
-        return sent
 
     async def end_offsets(self, partitions: list[int]) -> dict[int, int]:
         """The end offsets of ``partitions`` (what a restore would read up to), in one
@@ -284,13 +291,15 @@ class KafkaChangelog:
         # and a metadata round trip to start.
         if self._reader is None:
             self._reader = await while_unreachable(
-                f"starting the reader of {self.topic!r}", self._start_reader
+                f"starting the reader of {self.topic!r}", self._start_reader,
+                target=self.connection.target,
             )
         return self._reader
 
     async def _start_reader(self) -> AIOKafkaConsumer:
+        await verified(self.connection)
         reader = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **self.connection.client_kwargs(),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             # Records of aborted transactions (exactly-once) are never restored.

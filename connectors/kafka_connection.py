@@ -23,16 +23,20 @@ setting and its environment variable, raised when the value is made.
 
 from __future__ import annotations
 
+import importlib
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.helpers import create_ssl_context
 
 from evtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from evtime.settings import Settings
 
 
 class SecurityProtocol(StrEnum):
@@ -170,6 +174,27 @@ class KafkaConnection:
                 f"{_named('key_file')}"
             )
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KafkaConnection:
+        """The connection the settings (``kafka_*``, from the environment) describe; the
+        OAUTHBEARER token provider is imported from its ``module:attribute``."""
+        provider = settings.kafka_oauth_token_provider
+        mechanism = settings.kafka_sasl_mechanism
+        return cls(
+            bootstrap=settings.kafka_bootstrap,
+            security_protocol=_enum(SecurityProtocol, settings.kafka_security_protocol,
+                                    "security_protocol"),
+            sasl_mechanism=_enum(SaslMechanism, mechanism, "sasl_mechanism") if mechanism else None,
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            token_provider=_token_provider(provider) if provider else None,
+            ca_file=settings.kafka_ssl_ca_file,
+            cert_file=settings.kafka_ssl_cert_file,
+            key_file=settings.kafka_ssl_key_file,
+            key_password=settings.kafka_ssl_key_password,
+            check_hostname=settings.kafka_ssl_check_hostname,
+        )
+
     # -- what clients are made with ------------------------------------------------
     def client_kwargs(self) -> dict[str, Any]:
         """The keyword arguments every aiokafka client (consumer, producer, admin) takes."""
@@ -208,6 +233,11 @@ class KafkaConnection:
             context.check_hostname = False
         return context
 
+    @property
+    def target(self) -> str:
+        """What an outage log line calls the cluster (evtime/logs.py)."""
+        return f"Kafka broker {self.bootstrap}"
+
     def describe(self) -> str:
         """One line for logs: the address and how it authenticates, secrets left out."""
         parts = [self.bootstrap, self.security_protocol.value]
@@ -219,3 +249,42 @@ class KafkaConnection:
             if not self.check_hostname:
                 parts.append("hostname not checked")
         return ", ".join(parts)
+
+
+def connection_for(
+    bootstrap: str | None = None, connection: KafkaConnection | None = None
+) -> KafkaConnection:
+    """``connection``, else the settings' one (``EVTIME_KAFKA_*``); a ``bootstrap`` given
+    as a shortcut replaces its address (TLS and SASL still come from the settings)."""
+    if connection is None:
+        from evtime.settings import Settings
+
+        connection = KafkaConnection.from_settings(Settings.load())
+    if bootstrap and bootstrap != connection.bootstrap:
+        connection = replace(connection, bootstrap=bootstrap)
+    return connection
+
+
+def as_connection(target: KafkaConnection | str) -> KafkaConnection:
+    """``target``; a bare address takes TLS and SASL from the settings (:func:`connection_for`)."""
+    return connection_for(target) if isinstance(target, str) else target
+
+
+def _token_provider(spec: str) -> AbstractTokenProvider:
+    """The AbstractTokenProvider ``module:attribute`` names (a class is instantiated)."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        found: Any = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(
+            f"{_named('token_provider')} {spec!r} cannot be imported ({exc}): "
+            "give module:attribute of an aiokafka AbstractTokenProvider"
+        ) from None
+    if isinstance(found, type):
+        found = found()
+    if not isinstance(found, AbstractTokenProvider):
+        raise ConfigError(
+            f"{_named('token_provider')} {spec!r} is a {type(found).__name__}, not an "
+            "aiokafka AbstractTokenProvider"
+        )
+    return found

@@ -4,19 +4,24 @@ A broker that goes away is waited for, never a reason to drop anything (DESIGN.m
 What aiokafka does not retry by itself (starting a client, creating a topic, queuing a
 batch behind one that cannot be sent) is retried here, with exponential backoff, until
 the broker answers or ``EVTIME_KAFKA_BROKER_WAIT`` seconds (default 600) have passed;
-then :class:`BrokerUnreachableError` says what was being done and what to do.
+then :class:`BrokerUnreachableError` says what was being done and what to do. An outage
+is two log lines, when it begins and when it ends (evtime/logs.py).
+
+A broker that refuses the client (authentication, TLS) is not unreachable: aiokafka
+reports it as the same retriable "Unable to bootstrap", so the clients check a secured
+connection first (connectors/kafka_probe.py), which raises a ConfigError, never retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     KafkaError,
     KafkaTimeoutError,
@@ -25,9 +30,9 @@ from aiokafka.errors import (
 )
 
 from evtime.errors import EvtimeError
+from evtime.logs import Outage
 from evtime.settings import Settings
 
-log = logging.getLogger("evtime.kafka")
 _T = TypeVar("_T")
 _C = TypeVar("_C", bound="_Client")
 
@@ -100,21 +105,25 @@ async def while_unreachable(
     attempt: Callable[[], Awaitable[_T]],
     wait_s: float | None = None,
     retry_if: Callable[[BaseException], bool] = unreachable,
+    target: str = "the Kafka broker",
 ) -> _T:
     """``await attempt()`` until it succeeds, waiting with exponential backoff (0.1 s up
     to 5 s) while the broker is unreachable, for at most ``wait_s`` seconds in all
     (default :func:`broker_wait_s`). Every other error (any for which ``retry_if`` is
     false) is raised at once.
 
-    Each failed attempt is logged; past the deadline, BrokerUnreachableError (with the
-    last error chained) tells what to check.
+    An outage of ``target`` (e.g. "Kafka broker 127.0.0.1:9092") is logged once when it
+    begins and once when it ends, with its duration (evtime/logs.py :class:`Outage`); each
+    failed attempt in between goes to DEBUG. Past the deadline, BrokerUnreachableError
+    (with the last error chained) tells what to check.
     """
     limit = wait_s  # resolved at the first failure: the settings are not read per send
     began = time.monotonic()
     delay = BACKOFF_FIRST_S
+    outage: Outage | None = None  # looked up at the first failure: none per send
     while True:
         try:
-            return await attempt()
+            result = await attempt()
         except Exception as exc:
             if not retry_if(exc):
                 raise
@@ -129,12 +138,28 @@ async def while_unreachable(
                     f"{'inf' if math.isinf(limit) else f'{limit:.0f}'} s). Nothing after "
                     "the last checkpoint is committed: a restart resumes there"
                 ) from exc
-            log.warning(
-                "%s: broker unreachable (%s: %s); retrying in %.1f s",
-                what,
-                type(exc).__name__,
-                exc,
-                delay,
-            )
+            if outage is None:
+                outage = Outage.of(target)
+            outage.failed(f"{type(exc).__name__}: {exc}", f"{what}, retrying in {delay:.1f} s")
+        else:
+            if outage is not None:
+                outage.recovered()
+            return result
         await asyncio.sleep(delay)
         delay = min(delay * 2, BACKOFF_MAX_S)
+
+
+async def send_batch(
+    producer: AIOKafkaProducer, batch: Any, topic: str, partition: int, what: str, target: str
+) -> asyncio.Future[Any]:
+    """Queue ``batch`` (a BatchBuilder) for ``topic[partition]``; the future of its delivery.
+
+    aiokafka queues a partition's batch only once the previous one is drained: while the
+    broker is down, send_batch gives up after request_timeout_ms (40 s) with a
+    KafkaTimeoutError and without queuing the batch, so it is retried as it is."""
+    sent: asyncio.Future[Any] = await while_unreachable(
+        f"{what} {topic!r}[{partition}]",
+        lambda: producer.send_batch(batch, topic, partition=partition),
+        target=target,
+    )
+    return sent

@@ -13,6 +13,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
 from aiokafka.structs import RecordMetadata
 
+from evtime.connectors.kafka_connection import KafkaConnection, as_connection
+from evtime.connectors.kafka_probe import verified
 from evtime.connectors.kafka_retry import producer_overrides, while_unreachable
 from evtime.errors import TransactionFailedError
 from evtime.io import TopicPartition as TP
@@ -68,16 +70,16 @@ class KafkaTransaction:
     aborts that owner's open transaction.
     """
 
-    def __init__(self, bootstrap: str, transactional_id: str) -> None:
+    def __init__(self, connection: KafkaConnection | str, transactional_id: str) -> None:
         self.transactional_id = transactional_id
-        self._bootstrap = bootstrap
+        self.connection = as_connection(connection)
         self._producer = self._new_producer()
         self._started = False
         self._sent: list[asyncio.Future[RecordMetadata]] = []
 
     def _new_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
+            **self.connection.client_kwargs(),
             transactional_id=self.transactional_id,
             enable_idempotence=True,
             acks="all",
@@ -103,12 +105,15 @@ class KafkaTransaction:
             # Starting fences the task's previous producer: it needs the broker (and the
             # transaction coordinator), which may be away during a rebalance.
             await while_unreachable(
-                f"starting the transactional producer {self.transactional_id!r}", self._start
+                f"starting the transactional producer {self.transactional_id!r}",
+                self._start,
+                target=self.connection.target,
             )
             self._started = True
         await self._producer.begin_transaction()
 
     async def _start(self) -> None:
+        await verified(self.connection)
         try:
             await self._producer.start()
         except BaseException:

@@ -101,6 +101,7 @@ def _partition_counts(app: Any) -> tuple[dict[str, int], str | None]:
 
 
 def _reset_job(app: Any) -> tuple[dict[str, Any], Any]:
+    from evtime.connectors.kafka_probe import verified
     from evtime.connectors.kafka_reset import ResetJob
     from evtime.describe import describe_plan
     from evtime.names import group_name
@@ -123,4 +124,6 @@ def _reset_job(app: Any) -> tuple[dict[str, Any], Any]:
         internal=[t["topic"] for t in desc["internal_topics"]],
         state_dirs=dirs,
     )
-    return {"bootstrap_servers": specs[0].connector.bootstrap}, job
+    connection = specs[0].connector.connection
+    asyncio.run(verified(connection))  # a refused password or certificate: one line, at once
+    return connection.client_kwargs(), job

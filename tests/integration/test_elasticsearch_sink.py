@@ -133,6 +133,8 @@ class Proxy:
     item_reject_rate: float = 0.0
     """Turn this share of every forwarded item into a 429 (seeded)."""
     root_status: int | None = None
+    require_auth: str | None = None
+    """Answer 401 to a request whose Authorization header is not this."""
     max_body: int | None = None
     """Answer 413 to a ``_bulk`` body larger than this."""
     seen: list[Seen] = field(default_factory=list)
@@ -159,6 +161,10 @@ class Proxy:
 
     async def _answer(self, request: web.Request, body: bytes) -> tuple[int, bytes]:
         bulk = request.path == "/_bulk"
+        if self.require_auth is not None and request.headers.get("Authorization") != (
+            self.require_auth
+        ):
+            return 401, b'{"error":"missing authentication credentials"}'
         if request.path == "/" and self.root_status is not None:
             return self.root_status, b'{"error":"scripted"}'
         if bulk and self.bulk_statuses:
@@ -773,3 +779,54 @@ async def test_an_apps_window_results_land_once_per_window_across_reruns(
         await sink.close()  # the local runner leaves closing sinks to their owner
         docs = await node.docs(index)
         assert {doc_id: doc["value"] for doc_id, doc in docs.items()} == expected
+
+
+# --- several nodes, TLS and authentication together -----------------------------------------
+
+
+async def test_a_dead_node_first_in_the_list_fails_over_to_the_next(
+    node: Node, index: str, opensearch_url: str
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    sink = ElasticsearchSink(index, url=[dead, opensearch_url], batch_size=20)
+    await write_all(sink, outputs(100))
+    assert await node.count(index) == 100
+    assert sink.stats.retries == 0  # the failover is part of a request, not a retry
+
+
+@pytest.mark.parametrize(
+    ("auth", "header"),
+    [
+        ({"username": "elastic", "password": "pw"}, "Basic ZWxhc3RpYzpwdw=="),
+        ({"api_key": ("id", "key")}, "ApiKey aWQ6a2V5"),
+        ({"bearer_token": "t0k3n"}, "Bearer t0k3n"),
+    ],
+)
+async def test_tls_and_authentication_through_a_proxy_that_checks_them(
+    node: Node,
+    index: str,
+    proxies: StartProxy,
+    server_cert: tuple[Path, ssl.SSLContext],
+    auth: dict[str, Any],
+    header: str,
+) -> None:
+    ca, tls = server_cert
+    proxy, url = await proxies(tls=tls)
+    proxy.require_auth = header
+    dead = f"https://127.0.0.1:{free_port()}"
+    await write_all(ElasticsearchSink(index, url=f"{dead},{url}", ca_certs=ca, **auth), outputs(5))
+    assert await node.count(index) == 5
+    assert proxy.seen and all(s.answered == 200 for s in proxy.seen)
+    assert all(s.headers.get("Authorization") == header for s in proxy.seen)
+
+
+async def test_a_token_the_proxy_refuses_fails_at_once(
+    proxies: StartProxy, server_cert: tuple[Path, ssl.SSLContext]
+) -> None:
+    ca, tls = server_cert
+    proxy, url = await proxies(tls=tls)
+    proxy.require_auth = "Bearer right"
+    sink = ElasticsearchSink("evtime-never", url=url, ca_certs=ca, bearer_token="wrong")
+    with pytest.raises(SinkError, match=r"authentication failed \(401\).*bearer_token"):
+        await write_all(sink, outputs(1))
+    assert len(proxy.seen) == 1

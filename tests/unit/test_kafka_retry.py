@@ -3,6 +3,8 @@ whose error says what to do; any other error is raised at once."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
@@ -70,3 +72,28 @@ def test_the_wait_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.setenv(BROKER_WAIT_ENV, bad)
         with pytest.raises(ConfigError, match=BROKER_WAIT_ENV):
             broker_wait_s()
+
+
+async def test_an_outage_is_two_warnings_whatever_the_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        if calls <= 5:
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 1)]")
+        return "started"
+
+    caplog.set_level(logging.DEBUG)
+    target = "Kafka broker 127.0.0.1:1 (outage test)"
+    assert await while_unreachable("starting", attempt, wait_s=60, target=target) == "started"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith(f"{target} unreachable (KafkaConnectionError")
+    assert "starting, retrying in 0.1 s" in warnings[0]
+    assert warnings[1].startswith(f"{target} reachable again after ")
+    assert "(5 failed attempts; the last: KafkaConnectionError" in warnings[1]
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG and target in r.getMessage()]
+    assert len(debug) == 4  # the retries in between
