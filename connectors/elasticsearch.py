@@ -53,6 +53,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -332,6 +333,14 @@ class ElasticsearchSink:
             await self._connection.close()
 
     # -- more public API -------------------------------------------------------------
+    def describe(self) -> str:
+        """For ``evtime describe``: the index and the cluster (credentials left out)."""
+        index = self.index if isinstance(self.index, str) else "(a function of the output)"
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        where = f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+        return f"Elasticsearch index {index!r} at {where}"
+
     @property
     def pending(self) -> int:
         """Documents written and not yet acknowledged."""

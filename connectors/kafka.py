@@ -86,6 +86,10 @@ class KafkaSource:
         object.__setattr__(self, "connection", connection)
         object.__setattr__(self, "bootstrap", connection.bootstrap)
 
+    def describe(self) -> str:
+        """For ``evtime describe``: the topic and the cluster (no secrets)."""
+        return f"Kafka topic {self.topic!r} at {self.connection.describe()}"
+
     def group_source(
         self, group_id: str, topics: Sequence[str], instance_id: str | None = None
     ) -> KafkaGroupSource:

@@ -100,6 +100,10 @@ class KafkaSink:
         self._key_partition: dict[bytes, int] = {}
         self._round_robin = 0
 
+    def describe(self) -> str:
+        """For ``evtime describe``: the topic and the cluster (no secrets)."""
+        return f"Kafka topic {self.topic!r} at {self.connection.describe()}"
+
     async def _ensure(self) -> AIOKafkaProducer:
         # The producer starts at the first write, which may come while the broker is
         # down (records fetched before the outage are still being processed): start()

@@ -126,6 +126,10 @@ class JsonLinesSource:
                 raise ConfigError(f"JsonLinesSource {topic!r}: no such file {path}")
         self._files: dict[int, tuple[IO[bytes], int]] = {}
 
+    def describe(self) -> str:
+        """For ``evtime describe``: the files, one per partition."""
+        return f"JSON lines {', '.join(map(str, self._paths))}"
+
     @property
     def partitions(self) -> list[int]:
         return list(range(len(self._paths)))
@@ -204,6 +208,10 @@ class JsonLinesSink:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._file: IO[bytes] | None = None
+
+    def describe(self) -> str:
+        """For ``evtime describe``: the file."""
+        return f"JSON lines {self.path}"
 
     def _handle(self) -> IO[bytes]:
         if self._file is None:

@@ -54,6 +54,9 @@ def test_describe_lists_sources_operators_and_every_internal_name(tmp_path: Path
     assert transactional_id("shop", ("orders", "payments"), 2) in desc["transactional_ids"]
     text = render(desc)
     assert changelog in text and "shop-by-user-repartition" in text
+    assert "orders (3 partitions, Kafka topic 'orders' at 127.0.0.1:1, PLAINTEXT)" in text
+    assert "output paid/main -> Kafka topic 'paid' at " in text
+    assert "dead letters -> Kafka topic 'shop-dlq'" in text
     assert "transactional ids:" in text
 
 
