@@ -16,6 +16,7 @@ from evtime.io import LocalSource
 from evtime.plan import Plan
 from evtime.runtime.checkpoint import Checkpointer
 from evtime.runtime.gc import tune_gc
+from evtime.runtime.guard import DeadLetterGuard, configured_guard
 from evtime.runtime.memory import MemoryChangelog, MemoryOffsets
 from evtime.runtime.sinks import close_sinks, deliver
 from evtime.runtime.status import WorkerStats
@@ -28,7 +29,9 @@ log = logging.getLogger("evtime.local")
 class LocalRunner:
     """Drives every partition task of a plan whose sources are all :class:`LocalSource`."""
 
-    def __init__(self, plan: Plan, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, plan: Plan, *, clock: Clock | None = None, guard: DeadLetterGuard | None = None
+    ) -> None:
         plan.validate()
         self.plan = plan
         self.clock = clock or SystemClock()
@@ -42,6 +45,8 @@ class LocalRunner:
                 )
             self._sources[topic] = spec.connector
         self._ended: set[tuple[str, int]] = set()
+        # Stops the run when a source's records all fail (evtime/runtime/guard.py).
+        self.guard = guard if guard is not None else configured_guard()
         # The worker's checkpoint protocol, on an in-memory changelog and offset store:
         # the state lives in the tasks' RocksDB, the positions in their snapshots.
         self.changelog = MemoryChangelog()
@@ -96,11 +101,15 @@ class LocalRunner:
                 else:
                     self._caught_up.discard((topic, task.partition))
                 if raws:
+                    dead = len(task.collector.dead)
                     task.process(topic, raws)
+                    self.guard.observe(topic, len(raws), task.collector.dead[dead:])
                     progressed = True
                 elif source.bounded:
                     task.end_of_input(topic)
                     self._ended.add((topic, task.partition))
+                    if all((topic, p) in self._ended for p in source.partitions):
+                        self.guard.end_of_input(topic)
                     progressed = True
             await self._deliver(task)
         now = self.clock.now_ms()

@@ -29,6 +29,7 @@ from evtime.runtime.assignment import Assignment
 from evtime.runtime.backpressure import Backpressure, Fetched
 from evtime.runtime.checkpoint import Checkpointer
 from evtime.runtime.gc import tune_gc
+from evtime.runtime.guard import configured_guard
 from evtime.runtime.markers import WatermarkMarkers
 from evtime.runtime.metrics import MetricsServer, configured_port
 from evtime.runtime.sinks import SinkRoutes, close_sinks, deliver
@@ -110,6 +111,7 @@ class Worker:
         self.tasks = self._assignment.tasks
         """The open partition tasks, by topic group and partition."""
         self._markers = WatermarkMarkers(plan, self._group_of)
+        self.guard = configured_guard()
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._signals = 0
@@ -330,7 +332,9 @@ class Worker:
                 if not raws:
                     continue
             counts[(topic, partition)] = counts.get((topic, partition), 0) + len(raws)
+            dead = len(task.collector.dead)
             task.process(topic, raws)
+            self.guard.observe(topic, len(raws), task.collector.dead[dead:])
 
     def _caught_up(self) -> set[TopicPartition]:
         """The assigned input partitions read to their end as of the last fetch (lag 0):

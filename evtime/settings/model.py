@@ -34,6 +34,24 @@ from evtime.settings.kinds import (
     LogFormat,
 )
 
+
+def _count(value: Any) -> int:
+    number = int(value)
+    if number < 0 or str(number) != str(value).strip().replace("_", ""):
+        raise ValueError("is not a whole number >= 0")
+    return number
+
+
+def _ratio(value: Any) -> float:
+    number = float(value)
+    if not 0 < number <= 1:
+        raise ValueError("is not a ratio in (0, 1]")
+    return number
+
+
+COUNT = Kind("count", _count, lambda value: f"{value:,}")
+RATIO = Kind("ratio", _ratio, lambda value: f"{value:g}")
+
 ENV_PREFIX = "EVTIME_"
 
 
@@ -174,6 +192,22 @@ class Settings:
     ))
     metrics_host: str = field(default="0.0.0.0", metadata=_meta(
         "worker", TEXT, "Address the metrics server binds.", flag=True
+    ))
+    dead_letter_guard_first: int = field(default=1_000, metadata=_meta(
+        "worker", COUNT,
+        "The dead-letter guard: when this many first records of a source (or all of a "
+        "bounded one, if fewer) failed for one reason (a missing key= or timestamp= field, "
+        "undecodable values), the run stops naming it. 0: off.",
+    ))
+    dead_letter_window: int = field(default=10_000, metadata=_meta(
+        "worker", COUNT,
+        "The dead-letter guard's sliding count: the last records of a source whose "
+        "failure ratio is checked against dead_letter_max_ratio.",
+    ))
+    dead_letter_max_ratio: float = field(default=0.5, metadata=_meta(
+        "worker", RATIO,
+        "The dead-letter guard stops the run when more than this share of a source's last "
+        "dead_letter_window records failed. 1: off.",
     ))
     # -- logging
     log_level: str = field(default="INFO", metadata=_meta(
