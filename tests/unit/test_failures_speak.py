@@ -110,3 +110,23 @@ def test_a_healthy_input_with_a_few_bad_lines_runs(tmp_path: Path) -> None:
     done = _evtime("run", f"{_job(tmp_path)}:app", cwd=tmp_path)
     assert (done.returncode, _said(done.stderr)) == (0, [])
     assert sorted(d["reason"] for d in _dead_letters(tmp_path)) == ["decode", "timestamp"]
+
+
+def test_a_result_json_cannot_encode_is_a_dead_letter_naming_the_operator(
+    tmp_path: Path,
+) -> None:
+    _write(tmp_path / "orders.jsonl", _orders(0, 50))
+    # 5 s of orders: windows of 1 s, one result per user and window.
+    job = _job(tmp_path, result='{"user": r.key, "users": {r.key}} if r.key != "u0" else r.key')
+    done = _evtime("run", f"{job}:app", cwd=tmp_path)
+    assert (done.returncode, _said(done.stderr)) == (0, [])
+    assert "Traceback" not in done.stderr
+    letters = _dead_letters(tmp_path)
+    written = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert letters and len(letters) + len(written) == 35  # 7 users in each of 5 windows
+    assert {(d["reason"], d["operator"]) for d in letters} == {("encode", "counts")}
+    assert letters[0]["error"] == (
+        "result function of 'counts' returned a value JSON cannot encode (Type is not JSON "
+        "serializable: set)"
+    )
+    assert all(json.loads(line)["value"] == "u0" for line in written)
