@@ -130,3 +130,20 @@ def test_a_result_json_cannot_encode_is_a_dead_letter_naming_the_operator(
         "serializable: set)"
     )
     assert all(json.loads(line)["value"] == "u0" for line in written)
+
+
+def test_a_rerun_on_appended_input_processes_the_new_records(tmp_path: Path) -> None:
+    data = tmp_path / "orders.jsonl"
+    _write(data, _orders(0, 100))  # 10 s: windows [T0, T0 + 10 s)
+    job = f"{_job(tmp_path)}:app"
+    assert _evtime("run", job, cwd=tmp_path).returncode == 0
+    first = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert {o["value"]["start"] for o in first} == {T0 + s * 1_000 for s in range(10)}
+    _write(data, _orders(100, 200), "a")  # 10 s more
+    done = _evtime("run", job, cwd=tmp_path)
+    assert (done.returncode, _said(done.stderr)) == (0, [])
+    assert _dead_letters(tmp_path) == []
+    both = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    again = both[len(first):] if both[: len(first)] == first else both
+    assert {o["value"]["start"] for o in again} == {T0 + s * 1_000 for s in range(10, 20)}
+    assert sum(o["value"]["n"] for o in again) == 100
