@@ -18,6 +18,7 @@ from evtime.runtime.checkpoint import Checkpointer
 from evtime.runtime.gc import tune_gc
 from evtime.runtime.guard import DeadLetterGuard, configured_guard
 from evtime.runtime.memory import MemoryChangelog, MemoryOffsets
+from evtime.runtime.progress import Progress, count_delivered
 from evtime.runtime.sinks import close_sinks, deliver
 from evtime.runtime.status import WorkerStats
 from evtime.runtime.task import PartitionTask
@@ -66,6 +67,7 @@ class LocalRunner:
         self.outputs_written = 0
         self._opened = False
         self._caught_up: set[tuple[str, int]] = set()
+        self.progress = Progress(self.stats, lambda: [t.watermark for t in self.tasks])
 
     def open(self) -> None:
         """Open (and restore) one task per partition of every topic group."""
@@ -101,6 +103,9 @@ class LocalRunner:
                 else:
                     self._caught_up.discard((topic, task.partition))
                 if raws:
+                    counts = self.stats.records_in
+                    tp = (topic, task.partition)
+                    counts[tp] = counts.get(tp, 0) + len(raws)
                     dead = len(task.collector.dead)
                     task.process(topic, raws)
                     self.guard.observe(topic, len(raws), task.collector.dead[dead:])
@@ -120,6 +125,7 @@ class LocalRunner:
                 await self._deliver(task)
         if self._checkpointer.due(now) or any(t.has_backlog() for t in self.tasks):
             await self.checkpoint()
+        self.progress.maybe()
         return progressed
 
     @property
@@ -133,6 +139,7 @@ class LocalRunner:
         await deliver(self.plan, outputs, dead)
         self.outputs_written += sum(len(v) for v in outputs.values())
         self.dead_letters += len(dead)
+        count_delivered(self.stats, task.collector, outputs, dead)
 
     async def _deliver_all(self, tasks: Sequence[PartitionTask]) -> None:
         for task in tasks:
@@ -160,7 +167,9 @@ class LocalRunner:
             failed = True
             raise
         finally:
+            self.progress.line()  # the tasks' watermarks, before they close
             await self.close(checkpoint=not failed)
+            self.progress.summary()
 
     async def close(self, *, checkpoint: bool = True) -> None:
         """Checkpoint (unless told not to), close every task, then every sink."""

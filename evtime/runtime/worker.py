@@ -32,6 +32,7 @@ from evtime.runtime.gc import tune_gc
 from evtime.runtime.guard import configured_guard
 from evtime.runtime.markers import WatermarkMarkers
 from evtime.runtime.metrics import MetricsServer, configured_port
+from evtime.runtime.progress import Progress, count_delivered
 from evtime.runtime.sinks import SinkRoutes, close_sinks, deliver
 from evtime.runtime.status import TaskStatus, WorkerState, WorkerStats, WorkerStatus
 from evtime.runtime.task import PartitionTask
@@ -112,6 +113,7 @@ class Worker:
         """The open partition tasks, by topic group and partition."""
         self._markers = WatermarkMarkers(plan, self._group_of)
         self.guard = configured_guard()
+        self.progress = Progress(self.stats, lambda: [t.watermark for t in self.tasks.values()])
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._signals = 0
@@ -242,6 +244,7 @@ class Worker:
         timings["process"] += t2 - t1
         timings["deliver"] += t3 - t2
         timings["checkpoint"] += t4 - t3
+        self.progress.maybe()
 
     async def _check_co_partitioned(self) -> None:
         await check_co_partitioned(self.plan, self._factory)
@@ -303,6 +306,7 @@ class Worker:
 
     async def _shutdown(self, source: GroupSource, *, checkpoint: bool = True) -> None:
         self.state = WorkerState.STOPPING
+        self.progress.line()  # the tasks' watermarks, before they close
         async with self._lock:
             try:
                 if self.tasks and checkpoint and self._checkpointer is not None:
@@ -316,6 +320,7 @@ class Worker:
             await changelog.close()
         await close_sinks(self.plan)
         log.info("worker %s stopped after %d checkpoints", self.plan.app_name, self.checkpoints)
+        self.progress.summary()
 
     # -- processing ------------------------------------------------------------------
     def _process(self, batches: Fetched) -> None:
@@ -354,16 +359,9 @@ class Worker:
         txns = self._txns
         for task in tasks:
             outputs, dead = task.take()
-            if task.collector.late_count:
-                stats.late_records += task.collector.late_count
-                task.collector.late_count = 0
+            count_delivered(stats, task.collector, outputs, dead)
             producer = txns.producer((task.group, task.partition))
             if outputs or dead:
-                for output_id, batch in outputs.items():
-                    stats.records_out[output_id] = stats.records_out.get(output_id, 0) + len(batch)
-                for letter in dead:
-                    reason = letter.reason.value
-                    stats.dead_letters[reason] = stats.dead_letters.get(reason, 0) + 1
                 await self._write(producer, outputs, dead)
             await self._markers.send(task, producer)
 

@@ -110,6 +110,14 @@ def test_a_healthy_input_with_a_few_bad_lines_runs(tmp_path: Path) -> None:
     done = _evtime("run", f"{_job(tmp_path)}:app", cwd=tmp_path)
     assert (done.returncode, _said(done.stderr)) == (0, [])
     assert sorted(d["reason"] for d in _dead_letters(tmp_path)) == ["decode", "timestamp"]
+    outputs = len((tmp_path / "out.jsonl").read_text().splitlines())
+    assert outputs == 150 * 7  # windows of 1 s over 150 s, 7 users in each
+    summary = [line for line in done.stderr.splitlines() if "evtime.progress: summary:" in line]
+    assert len(summary) == 1
+    assert summary[0].split("summary: ")[1].startswith(
+        "1,502 records in, 1,050 outputs, 2 dead letters (decode 1, timestamp 1), 0 late, "
+        "watermark end of input, in "
+    )
 
 
 def test_a_result_json_cannot_encode_is_a_dead_letter_naming_the_operator(
@@ -147,3 +155,29 @@ def test_a_rerun_on_appended_input_processes_the_new_records(tmp_path: Path) -> 
     again = both[len(first):] if both[: len(first)] == first else both
     assert {o["value"]["start"] for o in again} == {T0 + s * 1_000 for s in range(10, 20)}
     assert sum(o["value"]["n"] for o in again) == 100
+
+
+def test_progress_lines_come_every_interval_and_count_what_was_done(caplog: Any) -> None:
+    from evtime.runtime.progress import Progress
+    from evtime.runtime.status import WorkerStats
+
+    now = [0.0]
+    stats = WorkerStats()
+    progress = Progress(stats, lambda: [T0 + 5_000, T0 + 7_000], interval=5, clock=lambda: now[0])
+    caplog.set_level("INFO", "evtime.progress")
+    stats.records_in[("orders", 0)] = 1_000
+    stats.records_in[("orders", 1)] = 500
+    stats.records_out["counts/main"] = 30
+    stats.dead_letters.update(key=2, late=1)
+    stats.late_records = 1
+    progress.maybe()
+    now[0] = 4.9
+    progress.maybe()
+    assert caplog.messages == []
+    now[0] = 5.0
+    progress.maybe()
+    progress.maybe()
+    assert caplog.messages == [
+        "progress: 1,500 records in, 30 outputs, 3 dead letters (key 2, late 1), 1 late, "
+        "watermark 2026-05-28T20:26:45.000Z (1780000005000)"
+    ]
