@@ -104,3 +104,4 @@ def test_inspect_shows_the_committed_offsets_and_the_state(
     assert text.returncode == 0, text.stderr
     assert f"task {unique_name}/{topic}[0]" in text.stdout
     assert "input offsets:" in text.stdout and "store counts.windows:" in text.stdout
+
