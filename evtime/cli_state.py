@@ -1,5 +1,5 @@
-"""The commands that show and reset a job's state: ``evtime describe`` and
-``evtime state reset`` (DESIGN.md section 14)."""
+"""The commands that show and reset a job's state: ``evtime describe``,
+``evtime state inspect`` and ``evtime state reset`` (DESIGN.md section 14)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ def add_commands(sub: Any, load_app: Any) -> None:
         asyncio.run(reset_app(client, job, target, dry_run=args.dry_run, wait_s=args.wait))
         return 0
 
+    def inspect(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from evtime.state_inspect import inspect, render
+
+        app = load_app(args.app).plan.app_name if args.app else None
+        reports = inspect(Path(args.state_dir), app, args.partition, args.key)
+        print(json.dumps(reports, indent=2) if args.json else render(reports))
+        return 0
+
     describe_cmd = sub.add_parser(
         "describe", help="show the job as the worker will run it: sources, operators, sinks, "
         "internal topics, transactional ids"
@@ -56,6 +66,19 @@ def add_commands(sub: Any, load_app: Any) -> None:
 
     state = sub.add_parser("state", help="inspect or reset an app's state")
     state_sub = state.add_subparsers(dest="state_command", required=True)
+    inspect_cmd = state_sub.add_parser(
+        "inspect",
+        help="show what a state directory holds, per task: input offsets, watermarks, "
+        "changelog end, epoch, timers, store sizes (read-only: safe while a worker runs)",
+    )
+    inspect_cmd.add_argument(
+        "app", nargs="?", help="MODULE:APP or path/to/job.py:APP (only that app's tasks)"
+    )
+    inspect_cmd.add_argument("--state-dir", required=True, help="the state directory")
+    inspect_cmd.add_argument("--partition", type=int, help="only the tasks of this partition")
+    inspect_cmd.add_argument("--key", help="show this key's state in every store, decoded")
+    inspect_cmd.add_argument("--json", action="store_true", help="print JSON")
+    inspect_cmd.set_defaults(func=inspect)
     reset_cmd = state_sub.add_parser(
         "reset",
         help="start the app over from a point of its input: move the group's offsets, delete "

@@ -254,6 +254,8 @@ class DeadLetterReason(enum.Enum):
     """Later than the watermark plus allowed lateness."""
     SINK = "sink"
     """A sink rejected the document."""
+    ENCODE = "encode"
+    """A result function returned a value JSON cannot encode."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from evtime.errors import DeadLetterPolicyError
 from evtime.records import Batch, DeadLetter, DeadLetterReason, ErrorPolicy, Output
 
@@ -140,17 +142,44 @@ class ResultEmitter:
         if fn is None:
             return result.to_dict()
         try:
-            return fn(result)
+            value = fn(result)
         except Exception as exc:
             self.failed(result, timestamp, exc)
             return None
+        # A type check, no encoding, for the usual values: a dict (its fields' types too, for
+        # the first results: a function returning a set in a field does so from the start),
+        # a list, a string, a number. Anything else is encoded once here, so that a value the
+        # sinks cannot write is a dead letter naming the operator, not a sink's traceback.
+        kind = type(value)
+        if kind is dict:
+            if self.count > _CHECKED_FIELDS or _PLAIN.issuperset(map(type, value.values())):
+                return value
+        elif kind in _PLAIN:
+            return value
+        try:
+            orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:
+            self.failed(result, timestamp, exc, DeadLetterReason.ENCODE)
+            return None
+        return value
 
-    def failed(self, result: Any, timestamp: int, exc: Exception) -> None:
-        """The result function raised ``exc`` on ``result``: a dead letter."""
+    def failed(
+        self,
+        result: Any,
+        timestamp: int,
+        exc: Exception,
+        reason: DeadLetterReason = DeadLetterReason.USER_CODE,
+    ) -> None:
+        """The result function raised ``exc`` on ``result`` (or returned a value JSON
+        cannot encode, the ``encode`` reason): a dead letter."""
+        if reason is DeadLetterReason.ENCODE:
+            what = f"returned a value JSON cannot encode ({exc})"
+        else:
+            what = f"raised {describe_error(exc)}"
         self.collector.dead_letter(
             DeadLetter(
-                DeadLetterReason.USER_CODE,
-                f"result function of {self.operator!r} raised {describe_error(exc)}",
+                reason,
+                f"result function of {self.operator!r} {what}",
                 self.topic,
                 self.partition,
                 -1,
@@ -160,6 +189,13 @@ class ResultEmitter:
                 self.operator,
             )
         )
+
+
+_CHECKED_FIELDS = 1_000
+"""Results of an emitter whose fields' types are checked."""
+_PLAIN = frozenset({str, int, float, bool, type(None), list, dict})
+"""Types of a result (and of a result dict's fields) that are not checked before emitting:
+those JSON encodes, or whose items the sinks' encoding checks (nested lists and dicts)."""
 
 
 def describe_error(exc: BaseException) -> str:

@@ -55,6 +55,20 @@ class GuardSettings:
         return self.first <= 0 and self.max_ratio >= 1
 
 
+def configured_guard() -> DeadLetterGuard:
+    """A guard with the settings of the environment (EVTIME_DEAD_LETTER_*)."""
+    from evtime.settings import Settings
+
+    settings = Settings.load()
+    return DeadLetterGuard(
+        GuardSettings(
+            settings.dead_letter_guard_first,
+            settings.dead_letter_window,
+            settings.dead_letter_max_ratio,
+        )
+    )
+
+
 class _Topic:
     __slots__ = (
         "batches",

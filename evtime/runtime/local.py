@@ -16,7 +16,9 @@ from evtime.io import LocalSource
 from evtime.plan import Plan
 from evtime.runtime.checkpoint import Checkpointer
 from evtime.runtime.gc import tune_gc
+from evtime.runtime.guard import DeadLetterGuard, configured_guard
 from evtime.runtime.memory import MemoryChangelog, MemoryOffsets
+from evtime.runtime.progress import Progress, count_delivered
 from evtime.runtime.sinks import close_sinks, deliver
 from evtime.runtime.status import WorkerStats
 from evtime.runtime.task import PartitionTask
@@ -28,7 +30,9 @@ log = logging.getLogger("evtime.local")
 class LocalRunner:
     """Drives every partition task of a plan whose sources are all :class:`LocalSource`."""
 
-    def __init__(self, plan: Plan, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, plan: Plan, *, clock: Clock | None = None, guard: DeadLetterGuard | None = None
+    ) -> None:
         plan.validate()
         self.plan = plan
         self.clock = clock or SystemClock()
@@ -42,6 +46,8 @@ class LocalRunner:
                 )
             self._sources[topic] = spec.connector
         self._ended: set[tuple[str, int]] = set()
+        # Stops the run when a source's records all fail (evtime/runtime/guard.py).
+        self.guard = guard if guard is not None else configured_guard()
         # The worker's checkpoint protocol, on an in-memory changelog and offset store:
         # the state lives in the tasks' RocksDB, the positions in their snapshots.
         self.changelog = MemoryChangelog()
@@ -61,6 +67,7 @@ class LocalRunner:
         self.outputs_written = 0
         self._opened = False
         self._caught_up: set[tuple[str, int]] = set()
+        self.progress = Progress(self.stats, lambda: [t.watermark for t in self.tasks])
 
     def open(self) -> None:
         """Open (and restore) one task per partition of every topic group."""
@@ -96,11 +103,18 @@ class LocalRunner:
                 else:
                     self._caught_up.discard((topic, task.partition))
                 if raws:
+                    counts = self.stats.records_in
+                    tp = (topic, task.partition)
+                    counts[tp] = counts.get(tp, 0) + len(raws)
+                    dead = len(task.collector.dead)
                     task.process(topic, raws)
+                    self.guard.observe(topic, len(raws), task.collector.dead[dead:])
                     progressed = True
                 elif source.bounded:
                     task.end_of_input(topic)
                     self._ended.add((topic, task.partition))
+                    if all((topic, p) in self._ended for p in source.partitions):
+                        self.guard.end_of_input(topic)
                     progressed = True
             await self._deliver(task)
         now = self.clock.now_ms()
@@ -111,6 +125,7 @@ class LocalRunner:
                 await self._deliver(task)
         if self._checkpointer.due(now) or any(t.has_backlog() for t in self.tasks):
             await self.checkpoint()
+        self.progress.maybe()
         return progressed
 
     @property
@@ -124,6 +139,7 @@ class LocalRunner:
         await deliver(self.plan, outputs, dead)
         self.outputs_written += sum(len(v) for v in outputs.values())
         self.dead_letters += len(dead)
+        count_delivered(self.stats, task.collector, outputs, dead)
 
     async def _deliver_all(self, tasks: Sequence[PartitionTask]) -> None:
         for task in tasks:
@@ -151,7 +167,9 @@ class LocalRunner:
             failed = True
             raise
         finally:
+            self.progress.line()  # the tasks' watermarks, before they close
             await self.close(checkpoint=not failed)
+            self.progress.summary()
 
     async def close(self, *, checkpoint: bool = True) -> None:
         """Checkpoint (unless told not to), close every task, then every sink."""

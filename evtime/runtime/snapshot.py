@@ -2,8 +2,9 @@
 
 In RocksDB (the ``__meta__`` column family, evtime/state/store.py) each field is a key:
 ``offsets`` (the next offset of every input partition), ``watermarks`` (the tracker's
-snapshot), ``counters`` (``{"records_in": n}``) and ``changelog_end`` (the task's
-changelog partition's end offset after the checkpoint). The encoding is the one every
+snapshot), ``counters`` (``{"records_in": n}``), ``changelog_end`` (the task's
+changelog partition's end offset after the checkpoint) and ``epoch`` (the run that wrote
+it, if it had one: shown by ``evtime state inspect``, not restored). The encoding is the one every
 earlier version wrote, so existing state directories restore.
 """
 
@@ -18,6 +19,7 @@ OFFSETS = "offsets"
 WATERMARKS = "watermarks"
 COUNTERS = "counters"
 CHANGELOG_END = "changelog_end"
+EPOCH = "epoch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,8 @@ class SnapshotMeta:
         }
         if self.changelog_end is not None:
             meta[CHANGELOG_END] = self.changelog_end
+        if self.epoch is not None:
+            meta[EPOCH] = self.epoch  # for `evtime state inspect`; a restore ignores it
         return meta
 
     @classmethod

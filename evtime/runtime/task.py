@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Container, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import orjson
 
@@ -35,7 +35,7 @@ from evtime.records import Batch, DeadLetter, DeadLetterReason, FetchedRecord, K
 from evtime.runtime.snapshot import PreparedSnapshot, SnapshotMeta
 from evtime.serde import ValueFormat, decode_value, key_getter, timestamp_getter
 from evtime.state import CommitStats, TaskDB
-from evtime.time import MIN_TIMESTAMP, Clock
+from evtime.time import MAX_TIMESTAMP, MIN_TIMESTAMP, Clock
 from evtime.watermarks import WatermarkTracker
 from evtime.wire import IDLE_MARK, ORIGIN_HEADER, ORIGINS_HEADER, WATERMARK_HEADER
 
@@ -168,6 +168,9 @@ class PartitionTask:
         self.epoch: str | None = None
         self.snapshot: SnapshotMeta | None = None
         """The last snapshot's metadata (None: the task has none)."""
+        # The task watermark before its inputs ended (None: none ended): what snapshots
+        # keep, so that a rerun on appended input resumes from there, not from +infinity.
+        self._before_end: int | None = None
         self._restore()
 
     def _restore(self) -> None:
@@ -461,7 +464,10 @@ class PartitionTask:
     # -- time ---------------------------------------------------------------------
     def end_of_input(self, topic: str) -> None:
         """``topic``'s partition is exhausted (a bounded source): its watermark is +infinity."""
+        before = self.tracker.current
         wm = self.tracker.end_of_input((topic, self.partition))
+        if self._before_end is None or before < MAX_TIMESTAMP:
+            self._before_end = before
         for op in self.operators:
             op.on_watermark(wm)
 
@@ -494,12 +500,25 @@ class PartitionTask:
         and the metadata of a snapshot, writing nothing yet (evtime/runtime/checkpoint.py)."""
         meta = SnapshotMeta(
             dict(self.offsets),
-            self.tracker.snapshot(),
+            self._watermarks(),
             None,
             self.epoch,
             self.records_in,
         )
         return PreparedSnapshot(self.db.prepare(collect_changes=collect_changes), meta)
+
+    def _watermarks(self) -> dict[str, Any]:
+        """The tracker's snapshot, without the end of bounded inputs: an input's end holds
+        for this run only (a rerun may find more records), so a snapshot keeps the
+        watermark from before it and no partition marked ended."""
+        snap = self.tracker.snapshot()
+        if self._before_end is None:
+            return snap
+        for entry in snap["partitions"]:
+            entry[2] = False
+        if snap["watermark"] >= MAX_TIMESTAMP:
+            snap["watermark"] = self._before_end
+        return snap
 
     def apply_snapshot(self, prepared: PreparedSnapshot, changelog_end: int | None) -> CommitStats:
         """Write a prepared snapshot (state, timers, watermarks, next offsets and the

@@ -29,8 +29,10 @@ from evtime.runtime.assignment import Assignment
 from evtime.runtime.backpressure import Backpressure, Fetched
 from evtime.runtime.checkpoint import Checkpointer
 from evtime.runtime.gc import tune_gc
+from evtime.runtime.guard import configured_guard
 from evtime.runtime.markers import WatermarkMarkers
 from evtime.runtime.metrics import MetricsServer, configured_port
+from evtime.runtime.progress import Progress, count_delivered
 from evtime.runtime.sinks import SinkRoutes, close_sinks, deliver
 from evtime.runtime.status import TaskStatus, WorkerState, WorkerStats, WorkerStatus
 from evtime.runtime.task import PartitionTask, read_to_end
@@ -110,6 +112,8 @@ class Worker:
         self.tasks = self._assignment.tasks
         """The open partition tasks, by topic group and partition."""
         self._markers = WatermarkMarkers(plan, self._group_of)
+        self.guard = configured_guard()
+        self.progress = Progress(self.stats, lambda: [t.watermark for t in self.tasks.values()])
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._signals = 0
@@ -248,6 +252,7 @@ class Worker:
         timings["process"] += t2 - t1
         timings["deliver"] += t3 - t2
         timings["checkpoint"] += t4 - t3
+        self.progress.maybe()
 
     async def _check_co_partitioned(self) -> None:
         await check_co_partitioned(self.plan, self._factory)
@@ -309,6 +314,7 @@ class Worker:
 
     async def _shutdown(self, source: GroupSource, *, checkpoint: bool = True) -> None:
         self.state = WorkerState.STOPPING
+        self.progress.line()  # the tasks' watermarks, before they close
         async with self._lock:
             try:
                 if self.tasks and checkpoint and self._checkpointer is not None:
@@ -322,6 +328,7 @@ class Worker:
             await changelog.close()
         await close_sinks(self.plan)
         log.info("worker %s stopped after %d checkpoints", self.plan.app_name, self.checkpoints)
+        self.progress.summary()
 
     # -- processing ------------------------------------------------------------------
     def _process(self, batches: Fetched) -> None:
@@ -338,22 +345,18 @@ class Worker:
                 if not raws:
                     continue
             counts[(topic, partition)] = counts.get((topic, partition), 0) + len(raws)
+            dead = len(task.collector.dead)
             task.process(topic, raws)
+            self.guard.observe(topic, len(raws), task.collector.dead[dead:])
 
     async def _deliver(self, tasks: Sequence[PartitionTask]) -> None:
         stats = self.stats
         txns = self._txns
         for task in tasks:
             outputs, dead = task.take()
-            if task.collector.late_count:
-                stats.late_records += task.collector.late_count
-                task.collector.late_count = 0
+            count_delivered(stats, task.collector, outputs, dead)
             producer = txns.producer((task.group, task.partition))
             if outputs or dead:
-                for output_id, batch in outputs.items():
-                    stats.records_out[output_id] = stats.records_out.get(output_id, 0) + len(batch)
-                for letter in dead:
-                    stats.dead_letter(letter)
                 await self._write(producer, outputs, dead)
             await self._markers.send(task, producer)
 

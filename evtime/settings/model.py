@@ -35,6 +35,24 @@ from evtime.settings.kinds import (
     LogFormat,
 )
 
+
+def _count(value: Any) -> int:
+    number = int(value)
+    if number < 0 or str(number) != str(value).strip().replace("_", ""):
+        raise ValueError("is not a whole number >= 0")
+    return number
+
+
+def _ratio(value: Any) -> float:
+    number = float(value)
+    if not 0 < number <= 1:
+        raise ValueError("is not a ratio in (0, 1]")
+    return number
+
+
+COUNT = Kind("count", _count, lambda value: f"{value:,}")
+RATIO = Kind("ratio", _ratio, lambda value: f"{value:g}")
+
 ENV_PREFIX = "EVTIME_"
 
 
@@ -181,6 +199,22 @@ class Settings:
         "Memory of this process's state: one RocksDB block cache and write-buffer manager "
         "shared by every task's database, and the Python caches in front of them (clean "
         "entries are evicted; dirty ones go to disk at the next checkpoint).",
+    ))
+    dead_letter_guard_first: int = field(default=1_000, metadata=_meta(
+        "worker", COUNT,
+        "The dead-letter guard: when this many first records of a source (or all of a "
+        "bounded one, if fewer) failed for one reason (a missing key= or timestamp= field, "
+        "undecodable values), the run stops naming it. 0: off.",
+    ))
+    dead_letter_window: int = field(default=10_000, metadata=_meta(
+        "worker", COUNT,
+        "The dead-letter guard's sliding count: the last records of a source whose "
+        "failure ratio is checked against dead_letter_max_ratio.",
+    ))
+    dead_letter_max_ratio: float = field(default=0.5, metadata=_meta(
+        "worker", RATIO,
+        "The dead-letter guard stops the run when more than this share of a source's last "
+        "dead_letter_window records failed. 1: off.",
     ))
     # -- logging
     log_level: str = field(default="INFO", metadata=_meta(

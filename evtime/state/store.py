@@ -23,7 +23,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
-from rocksdict import Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import AccessType, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from evtime.errors import StateError
 from evtime.state import codec
@@ -519,4 +519,37 @@ class TaskDB:
                 size += column.property_int_value(prop) or 0
             keys += column.property_int_value("rocksdb.estimate-num-keys") or 0
         return size, keys
+
+
+class ReadOnlyDB:
+    """A task's database opened read-only (for ``evtime state inspect``): it takes no lock,
+    so it opens beside a worker using it, and it sees the state as of its opening."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            names = [n for n in Rdict.list_cf(str(self.path)) if n != "default"]
+            self._rdict = Rdict(
+                str(self.path),
+                options=Options(raw_mode=True),
+                column_families={name: Options(raw_mode=True) for name in names},
+                access_type=AccessType.read_only(),
+            )
+        except Exception as exc:
+            raise StateError(
+                f"cannot open the state database at {self.path} to read: {exc}"
+            ) from exc
+        self.columns: dict[str, Rdict] = {n: self._rdict.get_column_family(n) for n in names}
+
+    def get_meta(self, key: str) -> Any:
+        """A metadata value of the last snapshot, or None."""
+        meta = self.columns.get(META_CF)
+        raw = None if meta is None else meta.get(key.encode())
+        return None if raw is None else codec.loads(raw)
+
+    def close(self) -> None:
+        for column in self.columns.values():
+            column.close()
+        self.columns.clear()
+        self._rdict.close()
 

@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any
+from unittest import mock
 
+import pytest
 from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
@@ -84,6 +87,14 @@ except ImportError:  # pragma: no cover - if tests/unit becomes a package
         split,
         two_topic_events,
     )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _dead_letter_guard_off() -> Iterator[None]:
+    """A generated stream may be all bad records: the dead-letter guard would stop it."""
+    with mock.patch.dict(os.environ, {"EVTIME_DEAD_LETTER_GUARD_FIRST": "0"}):
+        yield
+
 
 # -- random streams -----------------------------------------------------------------------------
 
