@@ -28,7 +28,7 @@ import ssl
 from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.helpers import create_ssl_context
@@ -81,11 +81,14 @@ ENV = {
 """The environment variable of each connection setting (read by evtime.settings)."""
 
 
+_E = TypeVar("_E", bound=Enum)
+
+
 def _named(option: str) -> str:
     return f"kafka {option} ({ENV[option]})"
 
 
-def _enum(kind: type[Enum], value: Any, option: str) -> Any:
+def _enum(kind: type[_E], value: object, option: str) -> _E:
     if isinstance(value, kind):
         return value
     try:
@@ -196,9 +199,9 @@ class KafkaConnection:
         )
 
     # -- what clients are made with ------------------------------------------------
-    def client_kwargs(self) -> dict[str, Any]:
+    def client_kwargs(self) -> dict[str, object]:
         """The keyword arguments every aiokafka client (consumer, producer, admin) takes."""
-        kwargs: dict[str, Any] = {
+        kwargs: dict[str, object] = {
             "bootstrap_servers": self.bootstrap,
             "security_protocol": self.security_protocol.value,
         }

@@ -23,11 +23,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -82,7 +81,7 @@ class ResetJob:
 
 
 async def reset_app(
-    client: dict[str, Any],
+    client: Mapping[str, object],
     job: ResetJob,
     target: ResetTarget,
     *,
@@ -155,7 +154,7 @@ class _DescribeGroups:
     def __init__(self, groups: list[str]) -> None:
         self._groups = groups
 
-    def prepare(self, versions: dict[int, tuple[int, int]]) -> Any:
+    def prepare(self, versions: dict[int, tuple[int, int]]) -> object:
         low, high = versions.get(self.API_KEY, (0, 0))
         if high >= 2 >= low:
             return DescribeGroupsRequest_v2(self._groups)
@@ -163,7 +162,7 @@ class _DescribeGroups:
 
 
 async def _members(
-    client: dict[str, Any], admin: AIOKafkaAdminClient, group: str
+    client: Mapping[str, object], admin: AIOKafkaAdminClient, group: str
 ) -> list[str]:
     """The group's members, as ``client id (host)``."""
     node = await admin.find_coordinator(group)
@@ -180,7 +179,7 @@ async def _members(
 
 
 async def _wait_until_empty(
-    client: dict[str, Any],
+    client: Mapping[str, object],
     admin: AIOKafkaAdminClient,
     group: str,
     wait_s: float,

@@ -16,8 +16,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
 
+from evtime.operators.base import Collector
 from evtime.records import DeadLetter, Output
 from evtime.runtime.status import WorkerStats
 from evtime.time import MAX_TIMESTAMP, MIN_TIMESTAMP
@@ -75,7 +75,10 @@ class Progress:
 
 
 def count_delivered(
-    stats: WorkerStats, collector: Any, outputs: dict[str, list[Output]], dead: list[DeadLetter]
+    stats: WorkerStats,
+    collector: Collector,
+    outputs: dict[str, list[Output]],
+    dead: list[DeadLetter],
 ) -> None:
     """Count what a task handed over: outputs per output id, dead letters per reason, and
     the late records its ``collector`` counted (taken from it)."""

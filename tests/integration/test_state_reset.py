@@ -6,6 +6,7 @@ changes nothing; a dry run prints its steps and changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import subprocess
@@ -118,6 +119,17 @@ def test_reset_to_earliest_and_to_a_time_reprocesses_from_there(
                                                 env["EVTIME_TEST_DLQ"]: 1}))
     asyncio.run(_produce(kafka_bootstrap, env["EVTIME_TEST_IN"], events))
     expected = _expected(events)
+
+    # describe: the job as the worker will run it, partition counts from the broker.
+    described = _cli(env, "describe", target, "--json")
+    assert described.returncode == 0, described.stderr
+    desc = json.loads(described.stdout)
+    assert desc["consumer_group"] == unique_name
+    assert [s["partitions"] for s in desc["sources"]] == [PARTITIONS]
+    internal = {t["topic"]: t for t in desc["internal_topics"]}
+    changelog_name = changelog_topic(unique_name, (env["EVTIME_TEST_IN"],))
+    assert internal[changelog_name]["partitions"] == PARTITIONS
+    assert internal[changelog_name]["configs"]["cleanup.policy"] == "compact"
     log = tmp_path / "worker.log"
 
     first = _run_until(kafka_bootstrap, env, log, len(expected), skip=0)
