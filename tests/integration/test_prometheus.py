@@ -11,7 +11,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -24,15 +23,17 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.kafka_helpers import (
     ROOT,
     create_topics,
     delete_topics,
+    free_port,
+    http_get,
     keyed_stream,
     produce,
     reference_counts,
+    scrape,
     start_worker,
     stop_worker,
     worker_env,
@@ -76,7 +77,7 @@ def prometheus(
         job["static_configs"] = [{"targets": [f"127.0.0.1:{worker_port}"]}]
         config_path = tmp_path / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config))
-        port = _free_port()
+        port = free_port()
         log = (tmp_path / "prometheus.log").open("ab")
         procs.append(subprocess.Popen(
             [prometheus_binary, f"--config.file={config_path}",
@@ -85,7 +86,7 @@ def prometheus(
             stdout=log, stderr=subprocess.STDOUT,
         ))
         url = f"http://127.0.0.1:{port}"
-        _until("Prometheus ready", lambda: _get(f"{url}/-/ready")[0] == 200, 60,
+        _until("Prometheus ready", lambda: http_get(f"{url}/-/ready")[0] == 200, 60,
                tmp_path / "prometheus.log")
         return url
 
@@ -99,29 +100,10 @@ def prometheus(
             proc.wait()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
-def _scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """The worker's /metrics, read directly: sample name -> (labels, value)."""
-    _, body = _get(f"http://127.0.0.1:{port}/metrics")
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
 
 
 def _until(what: str, check: Callable[[], Any], timeout_s: float, log: Path) -> Any:
@@ -225,7 +207,7 @@ def _run_and_ask(
     returns each dashboard query's answer once the worker has read everything."""
     app = env["EVTIME_TEST_APP"]
     topic = env["EVTIME_TEST_IN"]
-    worker_port = _free_port()
+    worker_port = free_port()
     log = tmp_path / "worker.log"
     proc = start_worker(
         "window_job.py", env, log,
@@ -234,7 +216,7 @@ def _run_and_ask(
     try:
         url = prometheus(worker_port)
         _until("worker ready",
-               lambda: _get(f"http://127.0.0.1:{worker_port}/healthz")[0] == 200, 90, log)
+               lambda: http_get(f"http://127.0.0.1:{worker_port}/healthz")[0] == 200, 90, log)
         read_total = f'sum by (topic) (evtime_records_in_total{{app="{app}"}})'
         sinks = f'count by (sink) (evtime_sink_flush_seconds_count{{app="{app}"}})'
 
@@ -256,7 +238,7 @@ def _run_and_ask(
             _until(f"Prometheus sees {sent} records read", prometheus_read(sent), 120, log)
 
         def settled() -> bool:
-            m = _scrape(worker_port)
+            m = scrape(worker_port)
             lag = [v for _, v in m.get("evtime_consumer_lag", [])]
             sinks = {lb["sink"] for lb, _ in m.get("evtime_sink_flush_seconds_count", [])}
             return len(lag) == PARTITIONS and not any(lag) and len(sinks) == 2

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -16,14 +15,16 @@ from typing import Any
 
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.kafka_helpers import (
     consume_all,
     create_topics,
+    free_port,
+    http_get,
     keyed_stream,
     produce,
     reference_counts,
+    scrape,
     start_worker,
     stop_worker,
     worker_env,
@@ -36,28 +37,10 @@ SIZE = 10_000
 OOO = 5_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
-def _metrics(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
-    _, body = _get(f"http://127.0.0.1:{port}/metrics")
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for s in family.samples:
-            out.setdefault(s.name, []).append((s.labels, s.value))
-    return out
 
 
 def _until(what: str, check: Any, timeout_s: float, log: Path) -> Any:
@@ -93,17 +76,19 @@ def test_worker_serves_health_and_metrics(
         )
     )
     asyncio.run(produce(kafka_bootstrap, env["EVTIME_TEST_IN"], PARTITIONS, records))
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "worker.log"
     proc = start_worker(
         "window_job.py", env, log, ["--metrics-port", str(port), "--metrics-host", "127.0.0.1"]
     )
     try:
-        live = _until("liveness", lambda: _get(f"http://127.0.0.1:{port}/healthz/live"), 60, log)
+        live = _until(
+            "liveness", lambda: http_get(f"http://127.0.0.1:{port}/healthz/live"), 60, log
+        )
         assert live[0] == 200
         health = _until(
             "readiness",
-            lambda: (r := _get(f"http://127.0.0.1:{port}/healthz"))[0] == 200 and r,
+            lambda: (r := http_get(f"http://127.0.0.1:{port}/healthz"))[0] == 200 and r,
             90,
             log,
         )
@@ -112,7 +97,7 @@ def test_worker_serves_health_and_metrics(
         assert len(body["assigned"]) == PARTITIONS
 
         def caught_up() -> Any:
-            m = _metrics(port)
+            m = scrape(port)
             read = {int(lb["partition"]): v for lb, v in m.get("evtime_records_in_total", [])}
             lag = [v for _, v in m.get("evtime_consumer_lag", [])]
             out = sum(v for _, v in m.get("evtime_records_out_total", []))
